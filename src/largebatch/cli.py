@@ -1,0 +1,179 @@
+"""The ``largebatch`` command line.
+
+Each subcommand has a function that adds its arguments and one that runs it; heavy modules
+(torch) are imported only inside the run functions, so ``largebatch plan`` and ``--help``
+answer at once. User mistakes print one line (``largebatch: error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from largebatch import config as cfg
+from largebatch.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error instead of usage plus message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _list_of_floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(f"{v:g}" for v in value) or "none"
+    if value == "":
+        return "''"
+    return str(value)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field; defaults shown are those of the default recipe."""
+    defaults = cfg.load_config(cfg.DEFAULT_RECIPE)
+    for section in cfg.SECTIONS:
+        group = parser.add_argument_group(f"[{section}] (recipe section)")
+        for f in cfg.section_fields(section):
+            flag = cfg.flag_name(section, f)
+            default = getattr(getattr(defaults, section), f.name)
+            help_text = f"{f.metadata['help']} (default: {_shown(default)})"
+            kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None, "help": help_text}
+            if f.type == "bool":
+                group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, **kwargs)
+                continue
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+            kwargs["type"] = {"int": int, "float": float, "str": str, "list": _list_of_floats}[f.type]
+            kwargs["metavar"] = {"int": "N", "float": "X", "str": "NAME" if kwargs.get("choices") is None else None,
+                                 "list": "X,Y"}[f.type]
+            if kwargs["metavar"] is None:
+                del kwargs["metavar"]
+            group.add_argument(f"--{flag}", **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> cfg.Config:
+    """The recipe, then the flags given on the command line (each validated by name)."""
+    fields = {f"{s}.{f.name}": (s, f) for s in cfg.SECTIONS for f in cfg.section_fields(s)}
+    overrides = {}
+    for dest, (section, f) in fields.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides[dest] = cfg.check_value(f"--{cfg.flag_name(section, f)}", f, value)
+    return cfg.build_config(cfg.load_recipe(args.recipe), overrides)
+
+
+# --- train -----------------------------------------------------------------------------------
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default=cfg.DEFAULT_RECIPE, metavar="NAME_OR_PATH",
+                        help=f"built-in recipe name or path to a .toml file (default: {cfg.DEFAULT_RECIPE}; "
+                             f"built-in: {', '.join(cfg.recipe_names())})")
+    parser.add_argument("--resume", default="", metavar="auto|PATH",
+                        help="continue from a checkpoint: 'auto' for the newest valid one in the run "
+                             "directory (fresh start if none), or a checkpoint file (default: off)")
+    add_config_flags(parser)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    from largebatch.train import train
+    summary = train(config, resume=args.resume)
+    return 0 if summary else 1
+
+
+# --- evaluate --------------------------------------------------------------------------------
+
+def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory (its newest valid checkpoint is used)")
+    parser.add_argument("--checkpoint", default="", help="a specific checkpoint file (default: newest)")
+    parser.add_argument("--data-dir", default="", help="data folder, if not the one the run used (default: the run's)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where to evaluate (default: auto)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from largebatch.evaluate import evaluate_run
+    result = evaluate_run(args.run_dir, args.checkpoint, args.data_dir, args.device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+# --- models ----------------------------------------------------------------------------------
+
+def add_models_args(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from largebatch.models import print_table
+    print_table()
+    return 0
+
+
+# --- recipes ---------------------------------------------------------------------------------
+
+def add_recipes_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="print this recipe resolved (default: list them)")
+
+
+def run_recipes(args: argparse.Namespace) -> int:
+    if args.name:
+        print(cfg.to_toml(cfg.load_config(args.name)), end="")
+        return 0
+    for name in cfg.recipe_names():
+        recipe = cfg.load_recipe(name)
+        print(f"{name:28s} {recipe[''].get('description', '')}")
+    return 0
+
+
+COMMANDS = {
+    # name: (help, add arguments, run)
+    "train": ("train a model (one process, or many under torchrun)", add_train_args, run_train),
+    "evaluate": ("evaluate a run's checkpoint on its test set", add_evaluate_args, run_evaluate),
+    "models": ("list the model architectures with parameters and GMACs", add_models_args, run_models),
+    "recipes": ("list the built-in recipes, or print one resolved", add_recipes_args, run_recipes),
+}
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="largebatch", description="Large-batch training with LARS, after You et al., "
+                    "'ImageNet Training in Minutes' (2018). Run 'largebatch COMMAND --help' for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, (help_text, add_args, run) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(command)
+        command.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as error:
+        print(f"largebatch: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("largebatch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Typed run configuration: one dataclass per concern, loaded from TOML recipes.
+
+A recipe is a TOML file with the sections ``[model]``, ``[data]``, ``[optimizer]``,
+``[schedule]`` and ``[run]`` (any may be absent) and two optional top-level keys:
+``description`` and ``extends`` (the name or path of a recipe this one modifies).
+Precedence: dataclass defaults < the ``extends`` chain < the recipe < command-line flags.
+
+Every field carries its help text, allowed values and range in ``metadata``; the command line
+is generated from these fields (``--batch-size``, ``--optimizer`` ...), so a field's doc is its
+``--help`` line, and every value, from a file or a flag, passes through the same validation.
+Unknown keys and bad values raise :class:`ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from largebatch.errors import ConfigError
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "fashion_mnist"
+
+DATASETS = ("fashion-mnist", "mnist", "imagenet", "synthetic")
+OPTIMIZERS = ("lars", "larc", "lamb", "sgd")
+AUGMENTATIONS = ("none", "minimal", "extended", "strong")
+DECAYS = ("poly", "cosine", "step", "constant")
+SCALING_RULES = ("none", "linear", "sqrt")
+EXCLUSION_RULES = ("none", "1d", "bn_bias")
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+           max: float | None = None, min_exclusive: bool = False, flag: str | None = None) -> Any:
+    """A dataclass field with the metadata that drives validation and the command line."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max,
+            "min_exclusive": min_exclusive, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name: str = option("fast_resnet", "model architecture (see `largebatch models`)", flag="model")
+    zero_init_residual: bool = option(
+        False, "start each residual block as identity: last BN gamma = 0 (Goyal et al. 2017)")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = option("fashion-mnist", "data set", choices=DATASETS)
+    data_dir: str = option(
+        "", "folder holding the data set (empty: $LARGEBATCH_DATA/<dataset>, then the system's copy)")
+    image_size: int = option(0, "training image side in pixels (0: the data set's own, 224 for ImageNet)",
+                             min=0)
+    num_classes: int = option(0, "classes (0: from the data set)", min=0)
+    augmentation: str = option("none", "augmentation level (docs/augmentation.md)", choices=AUGMENTATIONS)
+    workers: int = option(-1, "loader processes per training process (-1: from the CPU count)", min=-1)
+    train_subset: int = option(0, "use only this many training images, a fixed random subset (0: all)",
+                               min=0)
+    synthetic_images: int = option(12800, "images per epoch of the synthetic data set", min=1)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = option("lars", "optimizer", choices=OPTIMIZERS, flag="optimizer")
+    lr: float = option(1.0, "peak learning rate; with a scaling rule, the rate at schedule.base_batch_size",
+                       min=0.0, min_exclusive=True)
+    momentum: float = option(0.9, "momentum (LAMB: beta1 is betas[0] instead)", min=0.0, max=1.0)
+    weight_decay: float = option(5e-4, "L2 weight decay beta", min=0.0)
+    nesterov: bool = option(False, "Nesterov momentum (SGD, LARS)")
+    trust_coefficient: float = option(0.001, "LARS trust coefficient eta (You et al. 2017: 0.001)", min=0.0,
+                                      min_exclusive=True)
+    eps: float = option(0.0, "LARS: added to the trust-ratio denominator; LAMB: Adam epsilon", min=0.0)
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_epochs: float = option(2.0, "linear warmup length in epochs (Goyal et al. 2017)", min=0.0)
+    decay: str = option("poly", "decay after warmup", choices=DECAYS)
+    power: float = option(2.0, "polynomial decay power (You et al. 2017: 2)", min=0.0)
+    milestones: list = option([], "epochs at which step decay multiplies the LR by step_gamma")
+    step_gamma: float = option(0.1, "step decay factor", min=0.0)
+    scaling: str = option("none", "LR scaling rule from base_batch_size to the global batch",
+                          choices=SCALING_RULES)
+    base_batch_size: int = option(256, "batch size at which optimizer.lr is stated (scaling rules)", min=1)
+
+
+@dataclass
+class RunConfig:
+    epochs: int = option(5, "training epochs", min=1)
+    batch_size: int = option(4096, "GLOBAL batch size (all processes and accumulation steps together)", min=1)
+    micro_batch_size: int = option(
+        0, "images per forward/backward pass per process; accumulation covers the rest (0: automatic)", min=0)
+    seed: int = option(0, "random seed (data order, initialisation, augmentation)", min=0)
+    out: str = option("", "run directory (empty: runs/<recipe>-b<batch>-<optimizer>-s<seed>)")
+    eval_every: int = option(1, "evaluate on the test set every N epochs (and always at the end)", min=1)
+    checkpoint_every: int = option(1, "save a checkpoint every N epochs (and at the end)", min=1)
+    checkpoint_every_steps: int = option(0, "also save a checkpoint every N optimizer steps (0: off)", min=0)
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep", min=1)
+    device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    backend: str = option("auto", "torch.distributed backend (auto: nccl on CUDA, gloo on CPU)",
+                          choices=("auto", "gloo", "nccl"))
+    threads: int = option(0, "CPU threads per process (0: the cores divided among local processes)", min=0)
+    target_top1: float = option(0.0, "record when test top-1 first reaches this (0: off)", min=0.0, max=1.0)
+    stop_at_target: bool = option(False, "stop the run once target_top1 is reached")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    recipe: str = DEFAULT_RECIPE
+    description: str = ""
+
+
+SECTIONS = ("model", "data", "optimizer", "schedule", "run")
+
+
+def section_fields(section: str) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(Config.__dataclass_fields__[section].default_factory))
+
+
+def flag_name(section: str, f: dataclasses.Field) -> str:
+    """The command-line flag of a config field, without dashes: --batch-size, --optimizer."""
+    return (f.metadata.get("flag") or f.name).replace("_", "-")
+
+
+def all_flags() -> dict[str, tuple[str, dataclasses.Field]]:
+    """flag -> (section, field) for every config field."""
+    flags = {}
+    for section in SECTIONS:
+        for f in section_fields(section):
+            name = flag_name(section, f)
+            assert name not in flags, f"duplicate flag --{name}"
+            flags[name] = (section, f)
+    return flags
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: one function, used for recipe values and command-line values alike.
+
+def _describe(f: dataclasses.Field) -> str:
+    m = f.metadata
+    if m.get("choices"):
+        return "one of " + ", ".join(m["choices"])
+    kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+            "list": "a list of numbers"}[f.type]
+    lo, hi = m.get("min"), m.get("max")
+    if lo is not None and hi is not None:
+        return f"{kind} in [{lo}, {hi}]"
+    if lo is not None:
+        return f"{kind} {'>' if m.get('min_exclusive') else '>='} {lo}"
+    return kind
+
+
+def check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
+    """Return ``value`` converted to the field's type, or raise a one-line ConfigError."""
+    def bad() -> ConfigError:
+        shown = repr(value) if not isinstance(value, str) else f"'{value}'"
+        return ConfigError(f"{key}: expected {_describe(f)}, got {shown[:80]}")
+
+    kind, m = f.type, f.metadata
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise bad()
+        value = float(value)
+        if math.isinf(value):
+            raise bad()
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise bad()
+        if m.get("choices") and value not in m["choices"]:
+            raise bad()
+        return value
+    elif kind == "list":
+        if not isinstance(value, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+            raise bad()
+        return [float(v) for v in value]
+    lo, hi = m.get("min"), m.get("max")
+    if lo is not None and (value < lo or (m.get("min_exclusive") and value == lo)):
+        raise bad()
+    if hi is not None and value > hi:
+        raise bad()
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def find_recipe(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or "/" in name_or_path:
+        if not path.is_file():
+            raise ConfigError(f"recipe file {name_or_path} not found")
+        return path
+    path = RECIPE_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown recipe '{name_or_path}' (built-in: {', '.join(recipe_names())}; "
+                          "or give a path to a .toml file)")
+    return path
+
+
+def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict[str, dict[str, Any]]:
+    """Read a recipe and its ``extends`` chain into {section: {key: value}} (not yet validated)."""
+    path = find_recipe(name_or_path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"recipe {path}: 'extends' forms a cycle")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"recipe {path}: not valid TOML ({error})") from None
+    merged: dict[str, dict[str, Any]] = {}
+    meta: dict[str, Any] = {}
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"recipe {path}: 'extends' must be a recipe name or path")
+        base = load_recipe(parent, _seen + (path.resolve(),))
+        meta = base.pop("", {})
+        merged = base
+    for key, value in raw.items():
+        if key in ("description", "recipe"):
+            if not isinstance(value, str):
+                raise ConfigError(f"recipe {path}: '{key}' must be a string")
+            meta[key] = value
+        elif key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"recipe {path}: [{key}] must be a table")
+            merged.setdefault(key, {}).update(value)
+        else:
+            raise ConfigError(f"recipe {path}: unknown key '{key}' (allowed: {', '.join(SECTIONS)}, "
+                              "description, extends)")
+    meta.setdefault("recipe", path.stem)
+    merged[""] = meta
+    return merged
+
+
+def build_config(recipe: dict[str, dict[str, Any]] | None = None,
+                 overrides: dict[str, Any] | None = None) -> Config:
+    """Validate a loaded recipe plus flat ``section.key`` overrides into a :class:`Config`."""
+    recipe = {k: dict(v) for k, v in (recipe or {}).items()}
+    meta = recipe.pop("", {})
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        recipe.setdefault(section, {})[key] = value
+    values: dict[str, Any] = {}
+    for section in SECTIONS:
+        given = recipe.pop(section, {})
+        known = {f.name: f for f in section_fields(section)}
+        for key in given:
+            if key not in known:
+                raise ConfigError(f"unknown key '{section}.{key}' (allowed in [{section}]: "
+                                  f"{', '.join(known)})")
+        kwargs = {key: check_value(f"{section}.{key}", known[key], v) for key, v in given.items()}
+        values[section] = Config.__dataclass_fields__[section].default_factory(**kwargs)
+    for section in recipe:
+        raise ConfigError(f"unknown section [{section}] (allowed: {', '.join(SECTIONS)})")
+    config = Config(**values, recipe=meta.get("recipe", "custom"), description=meta.get("description", ""))
+    check_consistency(config)
+    return config
+
+
+def check_consistency(config: Config) -> None:
+    """Checks that involve more than one key."""
+    run = config.run
+    if run.micro_batch_size > run.batch_size:
+        raise ConfigError(f"run.micro_batch_size ({run.micro_batch_size}) is larger than run.batch_size "
+                          f"({run.batch_size}); lower it or set 0 for automatic")
+    if config.schedule.warmup_epochs > run.epochs:
+        raise ConfigError(f"schedule.warmup_epochs ({config.schedule.warmup_epochs}) exceeds run.epochs "
+                          f"({run.epochs}); shorten the warmup or train longer")
+    if config.data.dataset in ("fashion-mnist", "mnist") and config.data.image_size not in (0, 28):
+        raise ConfigError(f"data.image_size: {config.data.dataset} images are 28x28; use 0 or 28")
+
+
+def load_config(recipe: str = DEFAULT_RECIPE, overrides: dict[str, Any] | None = None) -> Config:
+    return build_config(load_recipe(recipe), overrides)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    return {"recipe": data.pop("recipe"), "description": data.pop("description"), **data}
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config saved by :func:`config_to_dict` (e.g. from a checkpoint), validating it."""
+    data = dict(data)
+    meta = {"recipe": data.pop("recipe", "custom"), "description": data.pop("description", "")}
+    return build_config({**data, "": meta})
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing TOML (the stdlib reads it but cannot write it; our values are flat scalars and lists)
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(config: Config) -> str:
+    data = config_to_dict(config)
+    lines = [f"recipe = {_toml_value(data.pop('recipe'))}",
+             f"description = {_toml_value(data.pop('description'))}"]
+    for section, values in data.items():
+        lines.append(f"\n[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,114 @@
+"""Process group setup for synchronous data parallelism (torch.distributed + torchrun).
+
+Without torchrun this is one process with world size 1 and no process group: the same training
+code path, with collectives that are no-ops. Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set)
+it initialises the process group: NCCL on CUDA, gloo on CPU, unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from largebatch.errors import ConfigError
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    backend: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def choose_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("run.device: cuda was asked for but no CUDA device is available; use --device cpu")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def setup(device: str = "auto", backend: str = "auto", threads: int = 0) -> DistributedContext:
+    """Read torchrun's environment, pick the device and backend, and join the process group."""
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    chosen_device = choose_device(device, local_rank)
+    if chosen_device.type == "cuda":
+        torch.cuda.set_device(chosen_device)
+    # Share the cores among the processes of a node rather than oversubscribing them.
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world_size))
+    context = DistributedContext(rank, world_size, local_rank, local_world_size, chosen_device)
+    if world_size > 1:
+        if backend == "auto":
+            backend = "nccl" if chosen_device.type == "cuda" else "gloo"
+        if backend == "nccl" and chosen_device.type != "cuda":
+            raise ConfigError("run.backend: nccl needs CUDA devices; use --backend gloo on CPU")
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
+                                    **({"device_id": chosen_device} if backend == "nccl" else {}))
+        context.backend = backend
+    return context
+
+
+def teardown(context: DistributedContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Sum a tensor over all processes, in place (a no-op with one process)."""
+    if context.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+def broadcast_object(value, context: DistributedContext):
+    """Rank 0's value of a small picklable object, on every rank."""
+    if not context.enabled:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def wrap_model(model: nn.Module, context: DistributedContext, sync_batchnorm: bool = False) -> nn.Module:
+    """DistributedDataParallel around ``model`` when there are several processes."""
+    if not context.enabled:
+        return model
+    if sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    # Buffers (BN running stats) are broadcast from rank 0 at each forward by default; that is
+    # what keeps evaluation identical on every rank.
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def broadcast_buffers(model: nn.Module, context: DistributedContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), so that evaluation on
+    every shard uses the same model."""
+    if context.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)

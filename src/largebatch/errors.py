@@ -1,0 +1,21 @@
+"""The one exception type for mistakes a user can fix (bad option, bad recipe, bad data).
+
+The command line prints these as a single line and exits 2, never with a traceback; anything
+else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem in the user's input, with a message that names the file or option and the fix."""
+
+
+class ConfigError(UserError):
+    """A recipe key or command-line option that is unknown or has a bad value."""
+
+
+class DataError(UserError):
+    """A data set that is missing, malformed or inconsistent."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, corrupt, unsafe or from another model."""

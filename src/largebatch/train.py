@@ -1,0 +1,310 @@
+"""The training loop: synchronous data-parallel SGD with gradient accumulation.
+
+One optimizer step = one global batch of ``run.batch_size`` images, split evenly over the
+processes (torchrun) and, within a process, into micro-batches whose gradients are accumulated
+(DDP's ``no_sync`` for all but the last). The LR of each step comes from a pure schedule
+function; the images of each step from the step number (``data/sampler.py``). So the state of a
+run is its step, and a resumed run continues exactly where the checkpoint was taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from largebatch import checkpoint, distributed, models
+from largebatch.config import Config, config_to_dict, to_toml
+from largebatch.data import Normalizer, build_datasets, load_batches
+from largebatch.data.sampler import StreamSampler
+from largebatch.errors import CheckpointError, ConfigError, UserError
+from largebatch.evaluate import evaluate
+from largebatch.optim import build_optimizer
+from largebatch.progress import MetricsLog, Progress
+from largebatch.schedule import build_schedule, scaled_lr
+
+
+class DivergenceError(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the global batch is split: ``global_batch = world_size * per_process_batch`` and
+    ``per_process_batch`` is covered by ``accumulation_steps`` micro-batches of at most
+    ``micro_batch_size`` images."""
+
+    global_batch: int
+    world_size: int
+    per_process_batch: int
+    micro_batch_size: int
+    accumulation_steps: int
+
+
+def plan_batches(global_batch: int, world_size: int, micro_batch_size: int = 0,
+                 device_type: str = "cpu") -> BatchPlan:
+    if global_batch % world_size:
+        raise ConfigError(f"run.batch_size ({global_batch}) must be divisible by the number of "
+                          f"processes ({world_size})")
+    per_process = global_batch // world_size
+    # On CPU the cost per image grows with the micro-batch (caches); 128 is near the optimum for
+    # small images on 2 cores. On a GPU, 256 fills the device for ResNet-50.
+    micro = micro_batch_size or (256 if device_type == "cuda" else 128)
+    micro = min(micro, per_process)
+    return BatchPlan(global_batch, world_size, per_process, micro, math.ceil(per_process / micro))
+
+
+def default_run_dir(config: Config) -> Path:
+    return Path("runs") / f"{config.recipe}-b{config.run.batch_size}-{config.optimizer.name}-s{config.run.seed}"
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints at the end of the step and exits."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        def handler(signum, frame):
+            self.requested = True
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: no signal handling
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_run_dir(config: Config, context: distributed.DistributedContext, resume: str) -> Path:
+    out = Path(config.run.out) if config.run.out else default_run_dir(config)
+    if context.is_main:
+        existing = checkpoint.list_checkpoints(out / "checkpoints")
+        if existing and not resume:
+            raise ConfigError(f"--out {out} already holds a run with checkpoints; continue it with "
+                              "--resume auto, or choose another --out")
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        checkpoint.write_atomic(out / "config.toml", to_toml(config).encode())
+    distributed.barrier(context)
+    return out
+
+
+def find_resume_state(resume: str, out: Path, device: torch.device) -> dict[str, Any] | None:
+    if not resume:
+        return None
+    if resume == "auto":
+        found = checkpoint.load_latest(out / "checkpoints", map_location=device)
+        return found[1] if found else None
+    return checkpoint.load(Path(resume), map_location=device)
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights, naming the keys that differ when the checkpoint is from another model."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
+        raise CheckpointError(f"checkpoint {source} does not fit this model ({'; '.join(parts)})")
+    model.load_state_dict(state_dict)
+
+
+def train(config: Config, resume: str = "") -> dict[str, Any]:
+    """Run (or resume) training as configured; returns the summary written to summary.json."""
+    context = distributed.setup(config.run.device, config.run.backend, config.run.threads)
+    try:
+        return _train(config, context, resume)
+    finally:
+        distributed.teardown(context)
+
+
+def _train(config: Config, context: distributed.DistributedContext, resume: str) -> dict[str, Any]:
+    run, device = config.run, context.device
+    torch.manual_seed(run.seed)
+    random.seed(run.seed)
+    out = prepare_run_dir(config, context, resume)
+
+    # Data, model, batch plan, LR schedule, optimizer.
+    train_set, test_set, info = build_datasets(config.data, seed=run.seed)
+    model = models.build(config.model.name, num_classes=info.num_classes, in_channels=info.channels,
+                         zero_init_residual=config.model.zero_init_residual).to(device)
+    batches = plan_batches(run.batch_size, context.world_size, run.micro_batch_size, device.type)
+    peak_lr = scaled_lr(config.optimizer.lr, run.batch_size, config.schedule.base_batch_size,
+                        config.schedule.scaling)
+    schedule = build_schedule(config.schedule, peak_lr, run.epochs, len(train_set), run.batch_size)
+    optimizer = build_optimizer(config.optimizer, model, peak_lr)
+    sampler = StreamSampler(len(train_set), run.batch_size, run.seed)
+    normalizer = Normalizer(info.mean, info.std, device)
+    steps_per_epoch = len(train_set) / run.batch_size
+
+    # Resume: weights, optimizer, step, RNG and the metrics so far.
+    start_step, records, train_time = 0, [], 0.0
+    epoch_loss, epoch_steps, epoch_images, epoch_time = 0.0, 0, 0, 0.0  # since the last epoch's end
+    state = find_resume_state(resume, out, device)
+    if state is not None:
+        load_model_state(model, state["model"], resume)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start_step, records, train_time = state["step"], list(state["metrics"]), state["train_time_s"]
+        epoch_loss, epoch_steps, epoch_images, epoch_time = state["epoch_accumulators"]
+    ddp_model = distributed.wrap_model(model, context)
+
+    log = MetricsLog(out / "metrics.jsonl", enabled=context.is_main)
+    log.reset(records)
+    progress = Progress(schedule.total_steps, run.epochs, enabled=context.is_main)
+    derived = {"global_batch_size": run.batch_size, "processes": context.world_size,
+               "per_process_batch": batches.per_process_batch, "micro_batch_size": batches.micro_batch_size,
+               "accumulation_steps": batches.accumulation_steps, "peak_lr": peak_lr,
+               "total_steps": schedule.total_steps, "warmup_steps": schedule.warmup_steps,
+               "steps_per_epoch": round(steps_per_epoch, 3), "train_images": len(train_set),
+               "test_images": len(test_set), "device": str(device)}
+    progress.message(f"largebatch: {config.model.name} on {info.dataset}, {config.optimizer.name}, "
+                     + ", ".join(f"{k} {v}" for k, v in derived.items()))
+    if start_step:
+        progress.message(f"resumed from step {start_step} (epoch {sampler.epoch_at(start_step):.2f})")
+
+    def checkpoint_state(step: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "rng": rng_state(), "metrics": records, "train_time_s": train_time,
+                "epoch_accumulators": [epoch_loss, epoch_steps, epoch_images, epoch_time],
+                "config": config_to_dict(config)}
+
+    def save(step: int) -> None:
+        if context.is_main:
+            checkpoint.save(out / "checkpoints", step, checkpoint_state(step), keep=run.keep_checkpoints)
+        distributed.barrier(context)
+
+    best_top1, target_reached = max((r.get("top1") or 0.0 for r in records), default=0.0), None
+    for r in records:
+        if target_reached is None and run.target_top1 and (r.get("top1") or 0) >= run.target_top1:
+            target_reached = r
+    started = time.perf_counter() - (records[-1]["elapsed_s"] if records else 0.0)
+    step = start_step
+    with StopRequest() as stop:
+        while step < schedule.total_steps:
+            # 1. learning rate for this step; 2. forward/backward over the micro-batches.
+            lr = schedule(step)
+            set_lr(optimizer, lr)
+            step_start = time.perf_counter()
+            micro_batches = sampler.micro_batches(step, context.rank, context.world_size,
+                                                  batches.accumulation_steps)
+            loss_sum = torch.zeros((), device=device)
+            for index, (images, labels) in enumerate(load_batches(train_set, micro_batches)):
+                last = index == len(micro_batches) - 1
+                sync = contextlib.nullcontext() if last or not context.enabled else ddp_model.no_sync()
+                with sync:
+                    logits = ddp_model(normalizer(images))
+                    loss = F.cross_entropy(logits.float(), labels.to(device, non_blocking=True),
+                                           reduction="sum")
+                    # Sum over the micro-batch / per-process batch: the accumulated gradient is
+                    # the mean over this process's images; DDP then averages over processes.
+                    (loss / batches.per_process_batch).backward()
+                loss_sum += loss.detach()
+            # 3. all ranks agree on the loss (and on a stop request) before the weights change.
+            flags = torch.stack([loss_sum, torch.tensor(float(stop.requested), device=device)])
+            distributed.all_reduce_sum(flags, context)
+            step_loss = flags[0].item() / run.batch_size
+            if not math.isfinite(step_loss):
+                raise DivergenceError(
+                    f"loss became {step_loss} at step {step} (epoch {sampler.epoch_at(step):.2f}, lr {lr:.4g}); "
+                    "the learning rate is likely too high or the warmup too short: lower --lr or raise "
+                    "schedule.warmup_epochs, then resume from the last checkpoint with --resume auto")
+            # 4. optimizer step, gradients dropped.
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            elapsed = time.perf_counter() - step_start
+            train_time += elapsed
+            epoch_time += elapsed
+            epoch_loss += step_loss
+            epoch_steps += 1
+            epoch_images += run.batch_size
+            epoch_float = sampler.epoch_at(step)
+            progress.step(step - 1, epoch_float, step_loss, lr, epoch_images / max(epoch_time, 1e-9))
+
+            # 5. at an epoch boundary: evaluate, log, checkpoint.
+            epoch = int(epoch_float + 1e-9)
+            finished = step == schedule.total_steps
+            if epoch > int(sampler.epoch_at(step - 1) + 1e-9) or finished:
+                epoch = run.epochs if finished else epoch
+                record = {"epoch": epoch, "step": step, "lr": lr, "train_loss": epoch_loss / epoch_steps,
+                          "top1": None, "top5": None, "images_per_s": epoch_images / max(epoch_time, 1e-9),
+                          "elapsed_s": time.perf_counter() - started, "train_time_s": train_time}
+                if epoch % run.eval_every == 0 or finished:
+                    distributed.broadcast_buffers(model, context)
+                    record.update(evaluate(model, test_set, context, normalizer, 2 * batches.micro_batch_size))
+                    record["elapsed_s"] = time.perf_counter() - started
+                    best_top1 = max(best_top1, record["top1"])
+                    if target_reached is None and run.target_top1 and record["top1"] >= run.target_top1:
+                        target_reached = record
+                records.append(record)
+                log.append(record)
+                progress.epoch(record)
+                epoch_loss, epoch_steps, epoch_images, epoch_time = 0.0, 0, 0, 0.0
+                if finished or epoch % run.checkpoint_every == 0:
+                    save(step)
+                if target_reached is not None and run.stop_at_target:
+                    progress.message(f"target top-1 {run.target_top1} reached at epoch {epoch}; stopping")
+                    break
+            elif run.checkpoint_every_steps and step % run.checkpoint_every_steps == 0:
+                save(step)
+            if flags[1].item() > 0:
+                save(step)
+                progress.message(f"stopped by signal at step {step}; checkpoint saved. Resume with: "
+                                 f"largebatch train --recipe {out / 'config.toml'} --resume auto")
+                return {"stopped_at_step": step}
+
+    last = next((r for r in reversed(records) if r.get("top1") is not None), {})
+    summary = {
+        "top1": last.get("top1"), "top5": last.get("top5"), "best_top1": best_top1,
+        "train_time_s": train_time, "images_per_s": step * run.batch_size / max(train_time, 1e-9)
+        if step else 0.0,
+        "wall_time_s": time.perf_counter() - started,
+        "epochs": run.epochs, "steps": step, "model": config.model.name, "dataset": info.dataset,
+        "optimizer": config.optimizer.name, "skipped_files": 0,
+        "target_top1": run.target_top1 or None,
+        "target_epoch": target_reached["epoch"] if target_reached else None,
+        "target_elapsed_s": target_reached["elapsed_s"] if target_reached else None,
+        **derived,
+    }
+    if context.is_main:
+        checkpoint.write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        progress.message(f"done: top1 {summary['top1']:.4f} top5 {summary['top5']:.4f} in "
+                         f"{summary['wall_time_s']:.0f} s ({summary['images_per_s']:,.0f} img/s); run directory {out}")
+    return summary
