@@ -105,6 +105,8 @@ class RunConfig:
     device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
     backend: str = option("auto", "torch.distributed backend (auto: nccl on CUDA, gloo on CPU)",
                           choices=("auto", "gloo", "nccl"))
+    channels_last: bool = option(True, "channels_last memory format for model and input (faster for "
+                                 "convolutions on CPU and GPU)")
     threads: int = option(0, "CPU threads per process (0: the cores divided among local processes)", min=0)
     target_top1: float = option(0.0, "record when test top-1 first reaches this (0: off)", min=0.0, max=1.0)
     stop_at_target: bool = option(False, "stop the run once target_top1 is reached")

@@ -164,13 +164,15 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
     train_set, test_set, info = build_datasets(config.data, seed=run.seed)
     model = models.build(config.model.name, num_classes=info.num_classes, in_channels=info.channels,
                          zero_init_residual=config.model.zero_init_residual).to(device)
+    if run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     batches = plan_batches(run.batch_size, context.world_size, run.micro_batch_size, device.type)
     peak_lr = scaled_lr(config.optimizer.lr, run.batch_size, config.schedule.base_batch_size,
                         config.schedule.scaling)
     schedule = build_schedule(config.schedule, peak_lr, run.epochs, len(train_set), run.batch_size)
     optimizer = build_optimizer(config.optimizer, model, peak_lr)
     sampler = StreamSampler(len(train_set), run.batch_size, run.seed)
-    normalizer = Normalizer(info.mean, info.std, device)
+    normalizer = Normalizer(info.mean, info.std, device, channels_last=run.channels_last)
     steps_per_epoch = len(train_set) / run.batch_size
 
     # Resume: weights, optimizer, step, RNG and the metrics so far.
