@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from largebatch import checkpoint, distributed, models
 from largebatch.config import Config, config_to_dict, to_toml
-from largebatch.data import Normalizer, build_datasets, load_batches
+from largebatch.data import Normalizer, build_datasets, training_batches
 from largebatch.data.sampler import StreamSampler
 from largebatch.errors import CheckpointError, ConfigError, UserError
 from largebatch.evaluate import evaluate
@@ -218,16 +218,17 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
             target_reached = r
     started = time.perf_counter() - (records[-1]["elapsed_s"] if records else 0.0)
     step = start_step
+    data_stream = training_batches(train_set, sampler, start_step, schedule.total_steps, context.rank,
+                                   context.world_size, batches.accumulation_steps)
     with StopRequest() as stop:
         while step < schedule.total_steps:
             # 1. learning rate for this step; 2. forward/backward over the micro-batches.
             lr = schedule(step)
             set_lr(optimizer, lr)
             step_start = time.perf_counter()
-            micro_batches = sampler.micro_batches(step, context.rank, context.world_size,
-                                                  batches.accumulation_steps)
+            micro_batches = next(data_stream)
             loss_sum = torch.zeros((), device=device)
-            for index, (images, labels) in enumerate(load_batches(train_set, micro_batches)):
+            for index, (images, labels) in enumerate(micro_batches):
                 last = index == len(micro_batches) - 1
                 sync = contextlib.nullcontext() if last or not context.enabled else ddp_model.no_sync()
                 with sync:

@@ -106,6 +106,14 @@ def load_batches(dataset, index_lists: Iterable[torch.Tensor], workers: int = 0)
         yield dataset.batch(indices)
 
 
+def training_batches(dataset, sampler, start_step: int, total_steps: int, rank: int, world_size: int,
+                     accumulation: int, workers: int = 0) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """For each step from ``start_step`` to ``total_steps - 1``: this rank's micro-batches, a list
+    of (uint8 images, labels). What a step sees depends on the step alone (exact resume)."""
+    for step in range(start_step, total_steps):
+        yield list(load_batches(dataset, sampler.micro_batches(step, rank, world_size, accumulation), workers))
+
+
 class Normalizer:
     """uint8 ``(N, C, H, W)`` on any device -> normalised float on the training device."""
 
