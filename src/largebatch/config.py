@@ -237,6 +237,8 @@ def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict[str, dict[str, Any
     if parent is not None:
         if not isinstance(parent, str):
             raise ConfigError(f"recipe {path}: 'extends' must be a recipe name or path")
+        if parent.endswith(".toml") and not Path(parent).is_absolute():
+            parent = str(path.parent / parent)  # relative to the recipe that extends it
         base = load_recipe(parent, _seen + (path.resolve(),))
         meta = base.pop("", {})
         merged = base
@@ -252,7 +254,8 @@ def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict[str, dict[str, Any
         else:
             raise ConfigError(f"recipe {path}: unknown key '{key}' (allowed: {', '.join(SECTIONS)}, "
                               "description, extends)")
-    meta.setdefault("recipe", path.stem)
+    if "recipe" not in raw:
+        meta["recipe"] = path.stem  # a recipe that extends another is named after itself
     merged[""] = meta
     return merged
 
@@ -288,9 +291,6 @@ def check_consistency(config: Config) -> None:
     if run.micro_batch_size > run.batch_size:
         raise ConfigError(f"run.micro_batch_size ({run.micro_batch_size}) is larger than run.batch_size "
                           f"({run.batch_size}); lower it or set 0 for automatic")
-    if config.schedule.warmup_epochs > run.epochs:
-        raise ConfigError(f"schedule.warmup_epochs ({config.schedule.warmup_epochs}) exceeds run.epochs "
-                          f"({run.epochs}); shorten the warmup or train longer")
     if config.data.dataset in ("fashion-mnist", "mnist") and config.data.image_size not in (0, 28):
         raise ConfigError(f"data.image_size: {config.data.dataset} images are 28x28; use 0 or 28")
 

@@ -69,7 +69,9 @@ def steps_for(epochs: float, images_per_epoch: int, global_batch: int) -> int:
 
 def build_schedule(schedule_config, peak_lr: float, epochs: int, images_per_epoch: int,
                    global_batch: int) -> Schedule:
-    """Convert epoch-based settings (warmup_epochs, milestones) into a step schedule."""
+    """Convert epoch-based settings (warmup_epochs, milestones) into a step schedule. A warmup
+    longer than the run is cut to the run (``largebatch train --epochs 1`` on a recipe with a
+    2-epoch warmup warms up for the whole epoch)."""
     total = steps_for(epochs, images_per_epoch, global_batch)
     warmup = 0
     if schedule_config.warmup_epochs > 0:

@@ -1,0 +1,103 @@
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from largebatch import checkpoint
+from largebatch.config import load_config
+from largebatch.progress import read_metrics
+from largebatch.train import DivergenceError, plan_batches, train
+
+SUMMARY_KEYS = {"top1", "top5", "best_top1", "train_time_s", "images_per_s", "epochs", "global_batch_size"}
+RECORD_KEYS = {"epoch", "step", "lr", "train_loss", "top1", "top5", "images_per_s", "elapsed_s"}
+
+
+def tiny_config(tiny_data, out, **run):
+    overrides = {"data.data_dir": str(tiny_data), "run.out": str(out), "run.epochs": 2, "run.batch_size": 128,
+                 "run.micro_batch_size": 32, "schedule.warmup_epochs": 0.5, "optimizer.lr": 2.0,
+                 "run.threads": 1}
+    overrides.update({f"run.{k}": v for k, v in run.items()})
+    from largebatch.config import build_config, load_recipe
+    return build_config(load_recipe("fashion_mnist"), overrides)
+
+
+def final_weights(out):
+    path = checkpoint.list_checkpoints(out / "checkpoints")[-1]
+    return checkpoint.load(path)["model"]
+
+
+def test_run_directory_has_config_metrics_summary_and_checkpoints(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_config(tiny_data, out))
+    assert (out / "config.toml").is_file()
+    assert load_config(str(out / "config.toml")).run.batch_size == 128  # the saved config is a recipe
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert RECORD_KEYS <= set(record)
+        assert 0.0 <= record["top1"] <= record["top5"] <= 1.0
+    saved = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(saved)
+    assert saved["top1"] == records[-1]["top1"] == summary["top1"]
+    assert saved["steps"] == 8  # 2 epochs x 512 images / 128
+    assert saved["accumulation_steps"] == 4
+    assert checkpoint.list_checkpoints(out / "checkpoints")
+    assert records[-1]["top1"] > 0.3  # the tiny task is learnable: well above chance (0.1)
+
+
+def test_existing_run_is_not_overwritten_without_resume(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, epochs=1))
+    from largebatch.errors import ConfigError
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_config(tiny_data, out, epochs=1))
+
+
+def test_sigterm_saves_and_resume_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    reference = tmp_path / "reference"
+    train(tiny_config(tiny_data, reference, epochs=3))
+
+    interrupted = tmp_path / "interrupted"
+    from largebatch.optim.lars import LARS
+    original_step, calls = LARS.step, {"n": 0}
+
+    def step_then_signal(self, closure=None):
+        calls["n"] += 1
+        if calls["n"] == 6:  # mid-epoch 2 (4 steps per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_step(self, closure)
+
+    monkeypatch.setattr(LARS, "step", step_then_signal)
+    result = train(tiny_config(tiny_data, interrupted, epochs=3))
+    # The request is seen at the next step's all-reduce (all ranks agree), so step 7 completes.
+    assert result == {"stopped_at_step": 7}
+    monkeypatch.setattr(LARS, "step", original_step)
+    train(tiny_config(tiny_data, interrupted, epochs=3), resume="auto")
+
+    for key, value in final_weights(reference).items():
+        assert torch.equal(value, final_weights(interrupted)[key]), key
+    records = read_metrics(interrupted / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    reference_records = read_metrics(reference / "metrics.jsonl")
+    assert [r["top1"] for r in records] == [r["top1"] for r in reference_records]
+    assert [r["train_loss"] for r in records] == pytest.approx([r["train_loss"] for r in reference_records])
+
+
+def test_divergence_stops_with_step_and_lr(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "run", epochs=1)
+    config.optimizer.name = "sgd"
+    config.optimizer.lr = 1e30
+    with pytest.raises(DivergenceError, match=r"at step \d+ .*lr .*too high"):
+        train(config)
+
+
+def test_batch_plan_splits_global_batch():
+    plan = plan_batches(32768, 1, 256)
+    assert (plan.per_process_batch, plan.accumulation_steps) == (32768, 128)
+    plan = plan_batches(4096, 4, 0, "cpu")
+    assert (plan.per_process_batch, plan.micro_batch_size, plan.accumulation_steps) == (1024, 128, 8)
+    from largebatch.errors import ConfigError
+    with pytest.raises(ConfigError, match="divisible"):
+        plan_batches(100, 3)
