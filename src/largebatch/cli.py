@@ -138,11 +138,46 @@ def run_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- study and report ------------------------------------------------------------------------
+
+def add_study_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", help="study file (.toml) or built-in name, e.g. study_fashion_mnist")
+    parser.add_argument("--out", default="", help="study directory (default: the study file's study.out)")
+    parser.add_argument("--only", default="", help="run only the runs whose name contains this text (default: all)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs without training (default: off)")
+    parser.add_argument("--no-report", action="store_true", help="do not write the report at the end (default: write it)")
+
+
+def run_study(args: argparse.Namespace) -> int:
+    from largebatch.study import load_study, run_study as run
+    study = load_study(args.study, args.out)
+    run(study, only=args.only, dry_run=args.dry_run)
+    if not args.dry_run and not args.no_report:
+        from largebatch.report import find_run_dirs, write_report
+        if find_run_dirs(study.out):
+            print(f"report: {write_report(str(study.out))}")
+    return 0
+
+
+def add_report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", help="a run directory or a study directory")
+    parser.add_argument("--out", default="", help="where to write report.md, results.json and plots (default: DIRECTORY)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from largebatch.report import write_report
+    path = write_report(args.directory, args.out)
+    print(path.read_text(), end="")
+    return 0
+
+
 COMMANDS = {
     # name: (help, add arguments, run)
     "train": ("train a model (one process, or many under torchrun)", add_train_args, run_train),
     "evaluate": ("evaluate a run's checkpoint on its test set", add_evaluate_args, run_evaluate),
     "models": ("list the model architectures with parameters and GMACs", add_models_args, run_models),
+    "study": ("run a grid of training runs (batch sizes x optimizers ...); resumable", add_study_args, run_study),
+    "report": ("Markdown table, results.json and plots for a run or a study", add_report_args, run_report),
     "recipes": ("list the built-in recipes, or print one resolved", add_recipes_args, run_recipes),
 }
 
