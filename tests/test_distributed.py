@@ -1,0 +1,93 @@
+"""Multi-process tests (slow): torchrun with gloo on CPU."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from largebatch import checkpoint
+from largebatch.progress import read_metrics
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["--batch-size", "64", "--epochs", "3", "--warmup-epochs", "1", "--lr", "2.0", "--threads", "1",
+          "--eval-every", "3"]  # 8 steps per epoch on the 512 tiny images: 24 steps
+
+
+def train_cli(out, env, *args, processes=1, check=True):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] \
+        if processes > 1 else [sys.executable]
+    result = subprocess.run([*launcher, "-m", "largebatch", "train", "--out", str(out), *COMMON, *args],
+                            capture_output=True, text=True, env=env, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def parameters(out):
+    state = checkpoint.load(checkpoint.list_checkpoints(out / "checkpoints")[-1])
+    assert state["step"] == 24
+    # BatchNorm running statistics are per process (DDP keeps rank 0's), so compare the weights.
+    return {k: v for k, v in state["model"].items() if "running_" not in k and "num_batches" not in k}
+
+
+@pytest.mark.parametrize("processes, micro_batch", [(2, 32), (4, 16)])
+def test_processes_equal_accumulation(tmp_path, cli_env, tiny_data, processes, micro_batch):
+    single = tmp_path / "single"
+    multi = tmp_path / "multi"
+    train_cli(single, cli_env, "--micro-batch-size", str(micro_batch))
+    result = train_cli(multi, cli_env, "--micro-batch-size", str(micro_batch), processes=processes)
+    assert f"processes {processes}" in result.stdout and f"accumulation_steps 1" in result.stdout
+    one, many = parameters(single), parameters(multi)
+    assert one.keys() == many.keys()
+    for key in one:
+        torch.testing.assert_close(many[key], one[key], rtol=0, atol=1e-5, msg=key)
+    # rank 0 alone writes: one record per epoch, evaluated over all test images exactly once
+    records = read_metrics(multi / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[-1]["test_images"] == 256
+    summary = json.loads((multi / "summary.json").read_text())
+    assert summary["processes"] == processes
+    # Sharded evaluation counts each test image once: it equals a one-process evaluation of the
+    # same checkpoint. (Top-1 itself differs from the single-process run's: BatchNorm running
+    # statistics are per process, and rank 0's saw 1/processes of the micro-batches.)
+    from largebatch.evaluate import evaluate_run
+    assert evaluate_run(str(multi), data_dir=str(tiny_data), device="cpu")["top1"] == summary["top1"]
+
+
+def test_sigkill_then_resume_auto_equals_uninterrupted(tmp_path, cli_env):
+    reference = tmp_path / "reference"
+    train_cli(reference, cli_env, "--micro-batch-size", "32")
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "largebatch", "train", "--out", str(killed), *COMMON,
+               "--micro-batch-size", "32", "--checkpoint-every-steps", "3"]
+    process = subprocess.Popen(command, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    # kill in the middle of epoch 2 (steps 9-16), once a mid-epoch checkpoint exists
+    while time.time() < deadline and process.poll() is None:
+        steps = [int(p.stem.split("-")[1]) for p in checkpoint.list_checkpoints(killed / "checkpoints")]
+        if any(10 <= s <= 14 for s in steps):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    train_cli(killed, cli_env, "--micro-batch-size", "32", "--checkpoint-every-steps", "3", "--resume", "auto")
+    final_reference, final_resumed = parameters(reference), parameters(killed)
+    for key in final_reference:
+        assert torch.equal(final_reference[key], final_resumed[key]), key
+    records = read_metrics(killed / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]  # no duplicated or missing epoch
+
+
+def test_torchrun_two_processes_on_real_cli_path(tmp_path, cli_env):
+    """The README's command shape: torchrun --nproc-per-node 2 -m largebatch train --epochs N."""
+    result = train_cli(tmp_path / "r", cli_env, "--micro-batch-size", "32", processes=2)
+    assert "done: top1" in result.stdout
+    assert result.stdout.count("done: top1") == 1  # only rank 0 prints
