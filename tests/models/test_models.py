@@ -276,11 +276,12 @@ def test_channels_last_forward_equals_contiguous_forward(name, channels, size, t
     torch.testing.assert_close(output, reference, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.slow  # about 20 s of compilation on 2 CPU cores
-def test_torch_compile_matches_eager_on_cpu():
+@pytest.mark.slow  # 10-35 s of compilation each on 2 CPU cores
+@pytest.mark.parametrize("name, channels, size", [("fast_resnet", 1, 28), ("resnet20", 3, 32)])
+def test_torch_compile_matches_eager_on_cpu(name, channels, size):
     torch.manual_seed(0)
-    model = models.build("fast_resnet", num_classes=10).eval().to(memory_format=torch.channels_last)
-    x = torch.randn(8, 1, 28, 28).to(memory_format=torch.channels_last)
+    model = models.build(name, num_classes=10).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(8, channels, size, size).to(memory_format=torch.channels_last)
     with torch.no_grad():
         eager = model(x)
         compiled = torch.compile(model)(x)
