@@ -138,12 +138,39 @@ def run_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- plan ------------------------------------------------------------------------------------
+
+def add_plan_args(parser: argparse.ArgumentParser) -> None:
+    from largebatch.plan.command import add_arguments
+    add_arguments(parser)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from largebatch.plan.command import run
+    return run(args)
+
+
+# --- benchmark -------------------------------------------------------------------------------
+
+def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
+    from largebatch.benchmark import add_arguments
+    add_arguments(parser)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    from largebatch.benchmark import run
+    return run(args)
+
+
 COMMANDS = {
     # name: (help, add arguments, run)
     "train": ("train a model (one process, or many under torchrun)", add_train_args, run_train),
     "evaluate": ("evaluate a run's checkpoint on its test set", add_evaluate_args, run_evaluate),
     "models": ("list the model architectures with parameters and GMACs", add_models_args, run_models),
     "recipes": ("list the built-in recipes, or print one resolved", add_recipes_args, run_recipes),
+    "plan": ("predict time to train on many processors: compute, all-reduce, bottleneck", add_plan_args, run_plan),
+    "benchmark": ("measure this machine's training rate and all-reduce bandwidth; write a plan preset",
+                  add_benchmark_args, run_benchmark),
 }
 
 
