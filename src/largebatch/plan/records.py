@@ -3,7 +3,8 @@ alone (no per-record fitting). ``largebatch plan --validate`` prints the table t
 docs/planner.md quotes.
 
 Each record's options are only what its paper states (processors, batch, epochs, network,
-gradient precision, overlap); everything else is the device's preset.
+gradient precision, overlap); everything else is the device's preset. ``stated`` says which
+facts come from the abstract and which from our reading of the paper or are assumed.
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ RECORDS = [
     Record("Goyal et al. 2017, ResNet-50", "256 P100 (32 servers, 50 GbE)", "resnet50", "p100",
            "ethernet-50g", 256, 8192, 90, 60 * 60,
            options={"overlap": True, "links_per_node": 1},
-           stated="arXiv 1706.02677 sec. 4-5: Big Basin servers of 8 NVLink P100, one 50 Gb/s Ethernet "
-                  "link each; gradient aggregation runs in parallel with backprop (--overlap)."),
+           stated="arXiv 1706.02677: 256 P100, 8K, 1 hour. As we read the paper: Big Basin servers of 8 "
+                  "NVLink P100, one 50 Gb/s Ethernet link each; gradient aggregation runs in parallel "
+                  "with backprop (--overlap)."),
     Record("Akiba et al. 2017, ResNet-50", "1024 P100 (InfiniBand FDR)", "resnet50", "p100",
            "ib-fdr", 1024, 32768, 90, 15 * 60,
            options={"gradient_bytes": 2, "links_per_node": 1},
-           stated="arXiv 1711.04325: 1,024 P100 (128 nodes of 8), InfiniBand FDR, half-precision "
-                  "all-reduce. Assumed: one FDR link per node, no overlap."),
+           stated="arXiv 1711.04325 abstract: 1,024 P100, 32K, 90 epochs in 15 min. As we read the paper: "
+                  "InfiniBand FDR, half-precision all-reduce. Assumed: 128 nodes of 8, one FDR link per "
+                  "node, no overlap."),
 ]
 
 
