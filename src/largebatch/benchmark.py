@@ -6,7 +6,8 @@
 - training images/s of one model on synthetic data: forward, cross-entropy, backward and a plain
   SGD step, in micro-batches when asked, timed after warm-up (median step);
 - all-reduce time between two local processes (gloo, torch.multiprocessing), at several message
-  sizes, fitted to the ring alpha-beta model T = 2(p-1)/p * n * beta + 2(p-1) * alpha.
+  sizes; the fastest repeat of each size is fitted to the ring alpha-beta model
+  T = 2(p-1)/p * n * beta + 2(p-1) * alpha.
 
 So a user calibrates on one node and plans for many. torch is imported inside the functions, so
 ``largebatch --help`` and ``largebatch plan`` never load it.
@@ -160,18 +161,23 @@ def measure_allreduce(sizes_bytes: list[int], processes: int = 2, repeats: int =
 
 
 def fit_alpha_beta(sizes_bytes: list[float], seconds: list[float], processes: int) -> tuple[float, float]:
-    """Least-squares fit of the ring model T = 2(p-1)/p * n / bandwidth + 2(p-1) * latency.
+    """Fit of the ring model T = 2(p-1)/p * n / bandwidth + 2(p-1) * latency to measured times.
 
-    Returns (bandwidth in bytes/s, latency in seconds per step). A negative intercept (noise at
-    small sizes) is clipped to zero latency.
+    Weighted least squares on relative error (weights 1 / T^2), so that the small messages, which
+    carry the latency, count as much as the large ones, which carry the bandwidth. Returns
+    (bandwidth in bytes/s, latency in seconds per step); a negative intercept (noise) is clipped
+    to zero latency.
     """
     if len(sizes_bytes) < 2 or len(set(sizes_bytes)) < 2:
         raise ConfigError("fitting all-reduce times needs at least two different message sizes")
-    count = len(sizes_bytes)
-    mean_n = sum(sizes_bytes) / count
-    mean_t = sum(seconds) / count
-    covariance = sum((n - mean_n) * (t - mean_t) for n, t in zip(sizes_bytes, seconds))
-    variance = sum((n - mean_n) ** 2 for n in sizes_bytes)
+    if min(seconds) <= 0:
+        raise ConfigError("all-reduce times must be positive")
+    weights = [1 / t ** 2 for t in seconds]
+    total = sum(weights)
+    mean_n = sum(w * n for w, n in zip(weights, sizes_bytes)) / total
+    mean_t = sum(w * t for w, t in zip(weights, seconds)) / total
+    covariance = sum(w * (n - mean_n) * (t - mean_t) for w, n, t in zip(weights, sizes_bytes, seconds))
+    variance = sum(w * (n - mean_n) ** 2 for w, n in zip(weights, sizes_bytes))
     slope = covariance / variance
     intercept = mean_t - slope * mean_n
     if slope <= 0:
@@ -208,8 +214,9 @@ def build_preset(training: dict, allreduce_rows: list[dict] | None, peak_flops: 
     intra_bandwidth, intra_latency = 1e9, 50e-6
     if allreduce_rows:
         processes = allreduce_rows[0]["processes"]
+        # The fastest repeat of each size: the one least disturbed by other processes.
         bandwidth, latency = fit_alpha_beta([r["bytes"] for r in allreduce_rows],
-                                            [r["median_s"] for r in allreduce_rows], processes)
+                                            [r["min_s"] for r in allreduce_rows], processes)
         intra_bandwidth, intra_latency = bandwidth, latency
         network = Network(name="measured-local", description=f"{allreduce_rows[0]['backend']} all-reduce between "
                           f"{processes} local processes", bandwidth=bandwidth, latency=latency,
@@ -261,8 +268,18 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this measurement."""
+    parts = [f"largebatch benchmark --model {args.model} --batch-size {args.batch_size}",
+             f"--micro-batch-size {args.micro_batch_size}" if args.micro_batch_size else "",
+             f"--steps {args.steps} --warmup {args.warmup}", f"--threads {args.threads}" if args.threads else "",
+             "" if args.channels_last else "--no-channels-last",
+             "--skip-allreduce" if args.skip_allreduce else f"--allreduce-sizes {args.allreduce_sizes} --repeats {args.repeats}",
+             f"--output {args.output}"]
+    return " ".join(part for part in parts if part)
+
+
 def run(args: argparse.Namespace) -> int:
-    import sys
     sizes = None if args.skip_allreduce else _sizes(args.allreduce_sizes)
     print(f"timing {args.model} training, {args.batch_size} images per step ...", flush=True)
     training = measure_training_rate(args.model, args.batch_size, args.micro_batch_size, args.steps,
@@ -273,13 +290,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"  fp32 matmul: {peak / 1e9:,.1f} GFLOP/s")
     rows = None
     if sizes:
-        print(f"timing gloo all-reduce between 2 local processes ...", flush=True)
+        print("timing gloo all-reduce between 2 local processes ...", flush=True)
         rows = measure_allreduce(sizes, processes=2, repeats=args.repeats)
         for row in rows:
             print(f"  {row['bytes'] / MB:>8.3f} MB  {row['median_s'] * 1e3:>9.2f} ms  "
                   f"bus {row['bus_bandwidth'] / 1e9:6.2f} GB/s")
-    command = "largebatch benchmark " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "largebatch benchmark"
-    document = build_preset(training, rows, peak, command)
+    document = build_preset(training, rows, peak, _command(args))
     if rows:
         network = document["network"]
         print(f"  fit: {network['bandwidth'] / 1e9:.2f} GB/s, {network['latency'] * 1e6:.1f} us per step")

@@ -116,21 +116,21 @@ def format_plan(plan: Plan, setup: Setup) -> str:
         f"plan: {plan.model}, batch {plan.batch_size:,} on {plan.processors:,} x {device.name} "
         f"({plan.nodes:,} node{'s' if plan.nodes > 1 else ''} of {per_node}), {network.name} "
         f"x{setup.links_per_node or device.links_per_node} per node",
-        f"  model       {setup.model.macs / 1e9:.2f} GMACs/image, {setup.model.params / 1e6:.1f}M parameters: "
-        f"{plan.gradient_bytes / 1e6:.1f} MB of gradients per all-reduce",
+        f"  model       {setup.model.macs / 1e9:.3g} GMACs/image, {setup.model.params / 1e6:.3g}M parameters: "
+        f"{plan.gradient_bytes / 1e6:.3g} MB of gradients per all-reduce",
         f"  device      {plan.images_per_second:,.1f} images/s per processor ({setup.rate_source()})",
-        f"  network     {network.bandwidth * 8 / 1e9:g} Gb/s per link, {network.latency * 1e6:g} us per step; "
-        f"in-node {device.intra_bandwidth / 1e9:g} GB/s",
+        f"  network     {network.bandwidth * 8 / 1e9:.3g} Gb/s per link, {network.latency * 1e6:.3g} us per step; "
+        f"in-node {device.intra_bandwidth / 1e9:.3g} GB/s",
         f"  per iteration ({plan.per_processor_batch:g} images per processor)",
-        f"    compute            {duration(plan.compute_s_per_iter):>10}",
+        f"    {'compute':<24}{duration(plan.compute_s_per_iter):>9}",
     ]
     for name, seconds in plan.allreduce_s.items():
         marker = "  <- used" if name == plan.allreduce else ""
-        lines.append(f"    all-reduce {name:<12}{duration(seconds):>10}{marker}")
+        lines.append(f"    {'all-reduce ' + name:<24}{duration(seconds):>9}{marker}")
     overlap_text = f"on, {duration(plan.exposed_comm_s_per_iter)} left exposed" if plan.overlap else "off"
     lines += [
-        f"    overlap            {overlap_text}",
-        f"    iteration          {duration(plan.iter_s):>10}",
+        f"    {'overlap':<24}{overlap_text:>9}",
+        f"    {'iteration':<24}{duration(plan.iter_s):>9}",
         f"  epoch       {plan.images / plan.batch_size:,.1f} iterations, {duration(plan.epoch_s)}",
         f"  total       {plan.epochs:g} epochs, {plan.iterations:,.0f} iterations: {duration(plan.total_s)}",
         f"  efficiency  {plan.efficiency:.0%} of {plan.processors:,} x one processor",

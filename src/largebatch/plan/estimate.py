@@ -140,7 +140,8 @@ class Plan:
         return dataclasses.asdict(self)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A duration in the unit a person would use (us, ms, s, min, h)."""
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f} us"
     if seconds < 1:
@@ -194,19 +195,19 @@ def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
                        f"per iteration at {rate:,.0f} images/s")
     elif bound == "compute":
         hidden_text = " after overlap with the backward pass" if setup.overlap else ""
-        explanation = (f"compute-bound: each processor computes {per_processor:g} images in {_duration(compute)}; "
-                       f"the {chosen.algorithm} all-reduce of {megabytes:.1f} MB adds {_duration(exposed)}"
+        explanation = (f"compute-bound: each processor computes {per_processor:g} images in {duration(compute)}; "
+                       f"the {chosen.algorithm} all-reduce of {megabytes:.1f} MB adds {duration(exposed)}"
                        f"{hidden_text}, so {efficiency:.0%} of the time is computing")
     elif bound == "bandwidth":
         explanation = (f"communication-bound (bandwidth): the {chosen.algorithm} all-reduce of {megabytes:.1f} MB "
-                       f"takes {_duration(comm)} ({_duration(chosen.bandwidth_s)} moving bytes) against "
-                       f"{_duration(compute)} of compute for {per_processor:g} images per processor; a larger "
+                       f"takes {duration(comm)} ({duration(chosen.bandwidth_s)} moving bytes) against "
+                       f"{duration(compute)} of compute for {per_processor:g} images per processor; a larger "
                        f"per-processor batch, 16-bit gradients{'' if setup.overlap else ', --overlap'} "
                        f"or a faster network would help")
     else:
         explanation = (f"communication-bound (latency): the {chosen.algorithm} all-reduce spends "
-                       f"{_duration(chosen.latency_s)} in message latency over {processors:,} processors "
-                       f"against {_duration(compute)} of compute; a hierarchical or tree all-reduce, "
+                       f"{duration(chosen.latency_s)} in message latency over {processors:,} processors "
+                       f"against {duration(compute)} of compute; a hierarchical or tree all-reduce, "
                        f"or fewer, busier processors would help")
 
     notes = []
@@ -228,8 +229,3 @@ def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
         compute_s_per_iter=compute, comm_s_per_iter=comm, exposed_comm_s_per_iter=exposed,
         iter_s=iteration, epoch_s=epoch, total_s=total, efficiency=efficiency,
         bound=bound, explanation=explanation, notes=notes)
-
-
-def duration(seconds: float) -> str:
-    """A duration in the unit a person would use (us, ms, s, min, h)."""
-    return _duration(seconds)

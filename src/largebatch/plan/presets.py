@@ -179,9 +179,11 @@ DEVICES: dict[str, Device] = {
         memory_bytes=8 * GB,
         devices_per_node=1, intra_bandwidth=1 * GB, intra_latency=50e-6,
         network="localhost", links_per_node=1,
-        # Measured with `largebatch benchmark --model fast_resnet` (docs/planner.md).
+        # About 1,400 training images/s for fast_resnet on the idle VM (FastResNet's docstring in
+        # largebatch.models.small); `largebatch benchmark` measured only ~100 under a load average
+        # of 8 (docs/planner.md). Re-calibrate with `largebatch benchmark` and --device-file.
         reference_model="fast_resnet", reference_images_per_second=1400.0, reference_batch=256,
-        source="largebatch benchmark on this machine (docs/planner.md)"),
+        source="fast_resnet on the idle VM, about 1,400 img/s (largebatch.models.small)"),
 }
 
 NETWORKS: dict[str, Network] = {
@@ -205,9 +207,10 @@ NETWORKS: dict[str, Network] = {
     # specific supercomputer for training deep neural networks", CACM 2020, Table 3). ASSUMED: a
     # bidirectional ring on the 2-D torus uses 2 links per chip, 1 us per step.
     "tpu-ici": Network("tpu-ici", "TPU v3 ICI, 2-D torus", 2 * 656 * Gbit, 1e-6, "Jouppi et al. CACM 2020"),
-    # gloo over the loopback interface between two processes on this machine; measured with
-    # `largebatch benchmark` (docs/planner.md).
-    "localhost": Network("localhost", "gloo over loopback TCP, this machine", 1.0 * GB, 50e-6, "measured here"),
+    # gloo all-reduce between two processes on this VM: the alpha-beta fit of the fastest repeats
+    # in benchmarks/allreduce.py (1.19 GB/s, 101 us per step; docs/planner.md).
+    "localhost": Network("localhost", "gloo between 2 processes on this VM", 1.19 * GB, 101e-6,
+                         "benchmarks/allreduce.py on this VM"),
 }
 
 
