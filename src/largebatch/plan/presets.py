@@ -99,6 +99,7 @@ DEVICES: dict[str, Device] = {
         # Innovation Lab, March 2018) found a KNL node about as fast as a 2-socket Skylake
         # Platinum node, which would be higher still.
         efficiency=SKYLAKE_SP_EFFICIENCY,
+        reference_batch=256,  # per processor in the Skylake measurement the efficiency comes from
         source="Intel ARK (peak); efficiency assumed from Intel's Xeon 8180 ResNet-50 measurement"),
     "skylake-8160": Device(
         name="skylake-8160", description="Intel Xeon Platinum 8160 socket, two per node",
