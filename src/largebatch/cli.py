@@ -170,6 +170,29 @@ def run_report(args: argparse.Namespace) -> int:
     print(path.read_text(), end="")
     return 0
 
+# --- plan ------------------------------------------------------------------------------------
+
+def add_plan_args(parser: argparse.ArgumentParser) -> None:
+    from largebatch.plan.command import add_arguments
+    add_arguments(parser)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from largebatch.plan.command import run
+    return run(args)
+
+
+# --- benchmark -------------------------------------------------------------------------------
+
+def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
+    from largebatch.benchmark import add_arguments
+    add_arguments(parser)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    from largebatch.benchmark import run
+    return run(args)
+
 
 COMMANDS = {
     # name: (help, add arguments, run)
@@ -179,6 +202,9 @@ COMMANDS = {
     "study": ("run a grid of training runs (batch sizes x optimizers ...); resumable", add_study_args, run_study),
     "report": ("Markdown table, results.json and plots for a run or a study", add_report_args, run_report),
     "recipes": ("list the built-in recipes, or print one resolved", add_recipes_args, run_recipes),
+    "plan": ("predict time to train on many processors: compute, all-reduce, bottleneck", add_plan_args, run_plan),
+    "benchmark": ("measure this machine's training rate and all-reduce bandwidth; write a plan preset",
+                  add_benchmark_args, run_benchmark),
 }
 
 

@@ -1,0 +1,13 @@
+"""Time-to-train planner: a compute and communication model of synchronous data-parallel SGD.
+
+Torch-free, so ``largebatch plan`` answers at once. ``plan_time(setup, batch_size, processors)``
+is the one pure function the rest builds on (estimate.py); all-reduce costs are in
+allreduce.py, device and network presets with their sources in presets.py, the published
+records it is checked against in records.py.
+"""
+
+from largebatch.plan.estimate import ModelCost, Plan, Setup, model_cost, plan_time
+from largebatch.plan.presets import DEVICES, NETWORKS, Device, Network, get_device, get_network, load_preset_file
+
+__all__ = ["DEVICES", "NETWORKS", "Device", "ModelCost", "Network", "Plan", "Setup", "get_device",
+           "get_network", "load_preset_file", "model_cost", "plan_time"]

@@ -1,0 +1,213 @@
+"""``largebatch plan``: arguments, and the report it prints (text, table or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from largebatch.errors import ConfigError
+from largebatch.plan.estimate import (ALLREDUCE_CHOICES, IMAGENET_TRAIN_IMAGES, Plan, Setup, duration,
+                                      model_cost, plan_time)
+from largebatch.plan.presets import DEVICES, NETWORKS, get_device, get_network, load_preset_file
+
+GRADIENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="resnet50", metavar="NAME",
+                        help="model whose MACs and parameters are used (default: resnet50)")
+    parser.add_argument("--batch-size", type=int, default=32768, metavar="N",
+                        help="GLOBAL batch size, summed over processors (default: 32768)")
+    parser.add_argument("--processors", type=int, default=None, metavar="P",
+                        help="number of processors (GPUs, CPU sockets, TPU chips); required unless swept")
+    parser.add_argument("--epochs", type=float, default=90, metavar="E", help="epochs (default: 90)")
+    parser.add_argument("--images", type=int, default=IMAGENET_TRAIN_IMAGES, metavar="N",
+                        help=f"training images per epoch (default: {IMAGENET_TRAIN_IMAGES:,}, ImageNet-1k)")
+    parser.add_argument("--device", default=None, metavar="NAME",
+                        help=f"device preset: {', '.join(DEVICES)}")
+    parser.add_argument("--device-file", default=None, metavar="PATH",
+                        help="device preset written by 'largebatch benchmark' (instead of --device)")
+    parser.add_argument("--network", default=None, metavar="NAME",
+                        help=f"network preset (default: the device's): {', '.join(NETWORKS)}")
+    parser.add_argument("--links-per-node", type=int, default=None, metavar="N",
+                        help="network links (NICs) per node (default: the device's)")
+    parser.add_argument("--devices-per-node", type=int, default=None, metavar="N",
+                        help="processors per node (default: the device's)")
+    parser.add_argument("--allreduce", default="best", choices=ALLREDUCE_CHOICES,
+                        help="all-reduce algorithm; best: the fastest of the three (default: best)")
+    parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=False,
+                        help="overlap the all-reduce with the backward pass (default: off)")
+    parser.add_argument("--gradient-precision", default="fp32", choices=tuple(GRADIENT_BYTES),
+                        help="precision of the gradients on the wire (default: fp32)")
+    parser.add_argument("--images-per-second", type=float, default=None, metavar="R",
+                        help="override: training images/s of one processor for this model")
+    parser.add_argument("--efficiency", type=float, default=None, metavar="X",
+                        help="override: achieved FLOP/s as a fraction of the device's peak")
+    parser.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
+                        help="a table over processors=... or batch=... (the other held fixed); "
+                             "A..B doubles from A to B, e.g. processors=64..4096")
+    parser.add_argument("--json", action="store_true", help="print JSON (one object, or a list for --sweep)")
+    parser.add_argument("--list", action="store_true", help="list the device and network presets and exit")
+    parser.add_argument("--validate", action="store_true",
+                        help="predict the published records of docs/planner.md and compare")
+
+
+def parse_sweep(text: str) -> tuple[str, list[int]]:
+    """'processors=64,128' or 'batch=1024..32768' -> ('processors', [64, 128])."""
+    match = re.fullmatch(r"\s*(processors|batch)\s*=\s*(.+)", text)
+    if not match:
+        raise ConfigError(f"--sweep: expected processors=V1,V2,... or batch=V1,V2,..., got '{text}'")
+    key, values_text = match.groups()
+    values: list[int] = []
+    try:
+        for part in values_text.split(","):
+            part = part.strip()
+            if ".." in part:
+                low, high = (int(x) for x in part.split(".."))
+                if low < 1 or high < low:
+                    raise ValueError
+                value = low
+                while value <= high:
+                    values.append(value)
+                    value *= 2
+            elif part:
+                values.append(int(part))
+    except ValueError:
+        raise ConfigError(f"--sweep: '{values_text}' is not a list of positive integers (or A..B)") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"--sweep: '{values_text}' is not a list of positive integers (or A..B)")
+    return key, values
+
+
+def setup_from_args(args: argparse.Namespace) -> Setup:
+    if args.device and args.device_file:
+        raise ConfigError("give --device NAME or --device-file PATH, not both")
+    if args.device_file:
+        device, measured_network = load_preset_file(args.device_file)
+    elif args.device:
+        device, measured_network = get_device(args.device), None
+    else:
+        raise ConfigError(f"--device: give a device preset ({', '.join(DEVICES)}) or --device-file PATH")
+    if args.network:
+        network = get_network(args.network)
+    elif measured_network is not None:
+        network = measured_network
+    else:
+        network = get_network(device.network)
+    for flag, value in (("--epochs", args.epochs), ("--images", args.images), ("--links-per-node", args.links_per_node),
+                        ("--devices-per-node", args.devices_per_node), ("--images-per-second", args.images_per_second),
+                        ("--efficiency", args.efficiency)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{flag}: expected a number > 0, got {value}")
+    return Setup(model=model_cost(args.model), device=device, network=network, epochs=args.epochs,
+                 images=args.images, allreduce=args.allreduce, overlap=args.overlap,
+                 gradient_bytes=GRADIENT_BYTES[args.gradient_precision], links_per_node=args.links_per_node,
+                 devices_per_node=args.devices_per_node, images_per_second=args.images_per_second,
+                 efficiency=args.efficiency)
+
+
+def format_plan(plan: Plan, setup: Setup) -> str:
+    """The human report of one configuration."""
+    device, network = setup.device, setup.network
+    links = setup.links()
+    per_node = max(1, min(links.devices_per_node, plan.processors))
+    lines = [
+        f"plan: {plan.model}, batch {plan.batch_size:,} on {plan.processors:,} x {device.name} "
+        f"({plan.nodes:,} node{'s' if plan.nodes > 1 else ''} of {per_node}), {network.name} "
+        f"x{setup.links_per_node or device.links_per_node} per node",
+        f"  model       {setup.model.macs / 1e9:.3g} GMACs/image, {setup.model.params / 1e6:.3g}M parameters: "
+        f"{plan.gradient_bytes / 1e6:.3g} MB of gradients per all-reduce",
+        f"  device      {plan.images_per_second:,.1f} images/s per processor ({setup.rate_source()})",
+        f"  network     {network.bandwidth * 8 / 1e9:.3g} Gb/s per link, {network.latency * 1e6:.3g} us per step; "
+        f"in-node {device.intra_bandwidth / 1e9:.3g} GB/s",
+        f"  per iteration ({plan.per_processor_batch:g} images per processor)",
+        f"    {'compute':<24}{duration(plan.compute_s_per_iter):>9}",
+    ]
+    for name, seconds in plan.allreduce_s.items():
+        marker = "  <- used" if name == plan.allreduce else ""
+        lines.append(f"    {'all-reduce ' + name:<24}{duration(seconds):>9}{marker}")
+    overlap_text = f"on, {duration(plan.exposed_comm_s_per_iter)} left exposed" if plan.overlap else "off"
+    lines += [
+        f"    {'overlap':<24}{overlap_text:>9}",
+        f"    {'iteration':<24}{duration(plan.iter_s):>9}",
+        f"  epoch       {plan.images / plan.batch_size:,.1f} iterations, {duration(plan.epoch_s)}",
+        f"  total       {plan.epochs:g} epochs, {plan.iterations:,.0f} iterations: {duration(plan.total_s)}",
+        f"  efficiency  {plan.efficiency:.0%} of {plan.processors:,} x one processor",
+        f"  bound       {plan.explanation}",
+    ]
+    lines += [f"  note        {note}" for note in plan.notes]
+    return "\n".join(lines)
+
+
+def format_table(plans: list[Plan]) -> str:
+    header = (f"{'processors':>10} {'batch':>7} {'per proc':>8} {'compute':>9} {'all-reduce':>10} "
+              f"{'iteration':>10} {'epoch':>9} {'total':>9} {'effic.':>6}  bound")
+    lines = [header]
+    for plan in plans:
+        lines.append(f"{plan.processors:>10,} {plan.batch_size:>7,} {plan.per_processor_batch:>8g} "
+                     f"{duration(plan.compute_s_per_iter):>9} {duration(plan.comm_s_per_iter):>10} "
+                     f"{duration(plan.iter_s):>10} {duration(plan.epoch_s):>9} {duration(plan.total_s):>9} "
+                     f"{plan.efficiency:>6.0%}  {plan.bound} ({plan.allreduce})")
+    return "\n".join(lines)
+
+
+def format_presets() -> str:
+    lines = [f"{'device':<14} {'peak TFLOP/s':>12} {'precision':<12} {'memory':>7} {'per node':>8}  "
+             f"{'network':<14} training rate"]
+    for device in DEVICES.values():
+        if device.reference_images_per_second:
+            rate = f"{device.reference_images_per_second:,.0f} img/s {device.reference_model}"
+        else:
+            rate = f"assumed {device.efficiency:.0%} of peak"
+        lines.append(f"{device.name:<14} {device.peak_flops / 1e12:>12.2f} {device.precision.split(' ')[0]:<12} "
+                     f"{device.memory_bytes / 1e9:>5.0f}GB {device.devices_per_node:>8}  "
+                     f"{device.network + ' x' + str(device.links_per_node):<14} {rate}")
+    lines += ["", f"{'network':<14} {'Gb/s':>6} {'latency':>8}  description"]
+    for network in NETWORKS.values():
+        lines.append(f"{network.name:<14} {network.bandwidth * 8 / 1e9:>6.1f} {network.latency * 1e6:>6.1f}us  "
+                     f"{network.description}")
+    return "\n".join(lines)
+
+
+def format_validation(rows: list[dict]) -> str:
+    lines = [f"{'run':<36} {'hardware':<30} {'batch':>6} {'epochs':>6} {'published':>10} {'predicted':>10} "
+             f"{'ratio':>6}  bound"]
+    for row in rows:
+        lines.append(f"{row['run']:<36} {row['hardware']:<30} {row['batch_size']:>6,} {row['epochs']:>6g} "
+                     f"{duration(row['published_s']):>10} {duration(row['predicted_s']):>10} "
+                     f"{row['ratio']:>6.2f}  {row['bound']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        print(format_presets())
+        return 0
+    if args.validate:
+        from largebatch.plan.records import validation_rows
+        rows = validation_rows()
+        print(json.dumps(rows, indent=2) if args.json else format_validation(rows))
+        return 0
+    setup = setup_from_args(args)
+    if args.sweep:
+        key, values = parse_sweep(args.sweep)
+        if key == "batch" and args.processors is None:
+            raise ConfigError("--sweep batch=...: give --processors P as well")
+        pairs = [(args.batch_size, v) if key == "processors" else (v, args.processors) for v in values]
+        plans = [plan_time(setup, batch, processors) for batch, processors in pairs if batch >= processors]
+        skipped = [f"{batch} on {processors}" for batch, processors in pairs if batch < processors]
+        if not plans:
+            raise ConfigError(f"--sweep: every configuration has fewer images than processors ({', '.join(skipped)})")
+        if args.json:
+            print(json.dumps([p.to_dict() for p in plans], indent=2))
+            return 0
+        print(format_table(plans))
+        if skipped:
+            print(f"skipped (fewer images than processors): {', '.join(skipped)}")
+        return 0
+    if args.processors is None:
+        raise ConfigError("--processors: give the number of processors (or --sweep processors=...)")
+    plan = plan_time(setup, args.batch_size, args.processors)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan, setup))
+    return 0

@@ -1,0 +1,280 @@
+"""Device and network presets for the planner, each value with its public source.
+
+A device preset is one processor (a GPU, a CPU socket, a Xeon Phi, a TPU chip) as it sits in
+its usual node. Its training speed comes from one of two places, never both:
+
+- a measured training rate: images/s per processor for a reference model (vendor benchmark, a
+  paper's single-node baseline, or ``largebatch benchmark`` on your machine); other models are
+  scaled by their MACs at the same achieved FLOP/s;
+- otherwise one stated efficiency factor: achieved FLOP/s = efficiency x peak.
+
+Achieved FLOP/s = rate x 6 x MACs per image (forward 2 FLOPs per MAC, backward twice the
+forward). Numbers below are SI: bytes/s, FLOP/s, seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from largebatch.errors import ConfigError
+
+GB = 1e9
+Gbit = 1e9 / 8  # bytes/s in one Gbit/s
+
+RESNET50_MACS = 4_089_184_256  # conv + linear MACs at 224x224 (He et al. 2016, torchvision layout)
+TRAINING_FLOPS_PER_MAC = 6     # 2 FLOPs per MAC, forward + backward (backward ~ 2x forward)
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    peak_flops: float                    # FLOP/s per processor in `precision`
+    precision: str
+    memory_bytes: float
+    devices_per_node: int                # processors per node in its usual server
+    intra_bandwidth: float               # bytes/s one processor sends to a neighbour in the node
+    intra_latency: float                 # seconds per in-node message step
+    network: str                         # default network preset
+    links_per_node: int                  # network links (NICs) per node
+    reference_model: str | None = None   # model whose training rate was measured
+    reference_images_per_second: float | None = None  # per processor
+    reference_macs: float | None = None  # MACs per image of reference_model (looked up if None)
+    reference_batch: int | None = None   # per-processor batch the rate was measured at
+    efficiency: float | None = None      # achieved / peak, only when no rate was measured
+    source: str = ""
+
+    def achieved_flops(self, macs_lookup) -> float:
+        """Training FLOP/s one processor sustains: from the measured rate, else efficiency x peak."""
+        if self.reference_images_per_second:
+            macs = self.reference_macs or macs_lookup(self.reference_model)
+            return self.reference_images_per_second * TRAINING_FLOPS_PER_MAC * macs
+        return (self.efficiency or 0.0) * self.peak_flops
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    description: str
+    bandwidth: float                     # bytes/s of data per link, one direction
+    latency: float                       # seconds per message step (small-message latency)
+    source: str = ""
+
+
+# --- shared efficiency factors (one per device, stated) ---------------------------------------
+
+# Intel measured 135 training images/s for ResNet-50 on a 2-socket Xeon Platinum 8180 node
+# (Intel Caffe, batch 512, dummy data; "Intel Optimized Caffe Performance and Convergence",
+# March 2018, slide 3, in the intel/caffe repository's results/ folder). Peak of one 8180:
+# 28 cores x 2.5 GHz x 64 FP32 FLOPs/cycle (two AVX-512 FMA units) = 4.48 TFLOP/s.
+SKYLAKE_SP_EFFICIENCY = (135 / 2) * TRAINING_FLOPS_PER_MAC * RESNET50_MACS / (28 * 2.5e9 * 64)  # ~0.37
+
+# Goyal et al. 2017 (arXiv 1706.02677, sec. 5): 90 epochs of ResNet-50 took 29 hours on one
+# server of 8 Tesla P100 (Caffe2, FP32, batch 256): 90 x 1,281,167 / (29 x 3600) / 8 per GPU.
+P100_IMAGES_PER_SECOND = 90 * 1_281_167 / (29 * 3600) / 8  # ~138
+P100_PEAK_FP32 = 10.6e12  # NVIDIA Tesla P100 SXM2 datasheet: 10.6 TFLOP/s FP32
+P100_EFFICIENCY = P100_IMAGES_PER_SECOND * TRAINING_FLOPS_PER_MAC * RESNET50_MACS / P100_PEAK_FP32  # ~0.32
+
+# NVIDIA DeepLearningExamples, PyTorch ResNet-50 v1.5 README (pytorch-21.03 container): one V100
+# 16GB of a DGX-1, mixed precision, 1,200 img/s. Peak: V100 SXM2 datasheet, 125 TFLOP/s tensor.
+V100_IMAGES_PER_SECOND = 1200.0
+V100_PEAK_FP16 = 125e12
+V100_EFFICIENCY = V100_IMAGES_PER_SECOND * TRAINING_FLOPS_PER_MAC * RESNET50_MACS / V100_PEAK_FP16  # ~0.24
+
+
+DEVICES: dict[str, Device] = {
+    "knl": Device(
+        name="knl", description="Intel Xeon Phi 7250 (Knights Landing), one per node",
+        # Intel ARK: 68 cores, 1.40 GHz; 2 AVX-512 VPUs per core x 16 FP32 lanes x FMA = 64
+        # FLOPs/cycle (Sodani et al., "Knights Landing", IEEE Micro 2016): 6.09 TFLOP/s FP32.
+        peak_flops=68 * 1.4e9 * 64, precision="fp32",
+        memory_bytes=16 * GB,  # 16 GB MCDRAM (TACC Stampede2 user guide: KNL nodes, + 96 GB DDR4)
+        devices_per_node=1, intra_bandwidth=12.5 * GB, intra_latency=1e-6,  # unused: one per node
+        network="omnipath-100g", links_per_node=1,  # Stampede2: 100 Gb/s Omni-Path, one per node
+        # ASSUMED: no single-KNL ResNet-50 training rate is published that we could find; we take
+        # the Skylake-SP efficiency (same MKL-DNN AVX-512 kernels). Dell's Intel Caffe study (HPC
+        # Innovation Lab, March 2018) found a KNL node about as fast as a 2-socket Skylake
+        # Platinum node, which would be higher still.
+        efficiency=SKYLAKE_SP_EFFICIENCY,
+        reference_batch=256,  # per processor in the Skylake measurement the efficiency comes from
+        source="Intel ARK (peak); efficiency assumed from Intel's Xeon 8180 ResNet-50 measurement"),
+    "skylake-8160": Device(
+        name="skylake-8160", description="Intel Xeon Platinum 8160 socket, two per node",
+        # Intel ARK: 24 cores, 2.10 GHz base; two AVX-512 FMA units: 64 FP32 FLOPs/cycle.
+        peak_flops=24 * 2.1e9 * 64, precision="fp32",
+        memory_bytes=96 * GB,  # Stampede2 SKX nodes: 192 GB DDR4 per 2-socket node
+        # ASSUMED: MPI shared-memory copies between the two sockets at 10 GB/s, 0.5 us per step.
+        devices_per_node=2, intra_bandwidth=10 * GB, intra_latency=0.5e-6,
+        network="omnipath-100g", links_per_node=1,  # Stampede2 SKX nodes: 100 Gb/s Omni-Path
+        efficiency=SKYLAKE_SP_EFFICIENCY, reference_batch=256,
+        source="Intel ARK (peak); efficiency from Intel's 2x Xeon 8180 ResNet-50 training rate"),
+    "p100": Device(
+        name="p100", description="NVIDIA Tesla P100 SXM2 16GB, eight per node (NVLink)",
+        peak_flops=P100_PEAK_FP32, precision="fp32",
+        memory_bytes=16 * GB,  # P100 datasheet: 16 GB HBM2
+        # P100 whitepaper: 4 NVLink links x 20 GB/s per direction; ASSUMED a ring on the DGX-1
+        # hybrid cube-mesh gets half (40 GB/s); 5 us per step (NCCL) assumed.
+        devices_per_node=8, intra_bandwidth=40 * GB, intra_latency=5e-6,
+        network="ib-edr", links_per_node=4,  # NVIDIA DGX-1 datasheet: 4x InfiniBand EDR 100 Gb/s
+        reference_model="resnet50", reference_images_per_second=P100_IMAGES_PER_SECOND, reference_batch=32,
+        source="Goyal et al. 2017: 29 h for 90 epochs on 8 P100 (Caffe2, FP32)"),
+    "p40": Device(
+        name="p40", description="NVIDIA Tesla P40 24GB (PCIe), eight per node",
+        # P40 datasheet: 12 TFLOP/s FP32 (3840 cores x 1.531 GHz boost x 2 = 11.76).
+        peak_flops=3840 * 1.531e9 * 2, precision="fp32",
+        memory_bytes=24 * GB,  # P40 datasheet: 24 GB GDDR5
+        # PCIe 3.0 x16: 15.75 GB/s; ASSUMED 12 GB/s achieved and 10 us per step.
+        devices_per_node=8, intra_bandwidth=12 * GB, intra_latency=10e-6,
+        network="ethernet-100g", links_per_node=1,  # ASSUMED: PCIe GPU servers on 100 GbE
+        # ASSUMED: no P40 training rate is published; same fraction of peak as the P100 (Pascal).
+        efficiency=P100_EFFICIENCY,
+        source="NVIDIA P40 datasheet (peak); efficiency assumed equal to the P100 preset's"),
+    "v100": Device(
+        name="v100", description="NVIDIA Tesla V100 SXM2 16GB, eight per node (NVLink)",
+        peak_flops=V100_PEAK_FP16, precision="fp16 tensor (mixed precision)",
+        memory_bytes=16 * GB,  # V100 datasheet: 16 or 32 GB HBM2
+        # V100 whitepaper: 6 NVLink 2 links x 25 GB/s per direction; ASSUMED half for a ring on
+        # the DGX-1 hybrid cube-mesh (75 GB/s); 5 us per step assumed.
+        devices_per_node=8, intra_bandwidth=75 * GB, intra_latency=5e-6,
+        network="ib-edr", links_per_node=4,  # NVIDIA DGX-1 datasheet: 4x InfiniBand EDR 100 Gb/s
+        reference_model="resnet50", reference_images_per_second=V100_IMAGES_PER_SECOND, reference_batch=256,
+        source="NVIDIA DeepLearningExamples ResNet-50 v1.5 PyTorch, 1 V100 16GB, AMP: 1,200 img/s"),
+    "a100": Device(
+        name="a100", description="NVIDIA A100 SXM4 80GB, eight per node (NVSwitch)",
+        peak_flops=312e12, precision="bf16/fp16 tensor (mixed precision)",  # A100 datasheet, dense
+        memory_bytes=80 * GB,
+        # A100 datasheet: NVLink 3, 600 GB/s per GPU (300 per direction) through NVSwitch.
+        devices_per_node=8, intra_bandwidth=300 * GB, intra_latency=5e-6,
+        network="ib-hdr", links_per_node=8,  # DGX A100 datasheet: 8x ConnectX-6 HDR 200 Gb/s
+        reference_model="resnet50", reference_images_per_second=2470.0, reference_batch=256,
+        source="NVIDIA DeepLearningExamples ResNet-50 v1.5 PyTorch, 1 A100 80GB, AMP: 2,470 img/s"),
+    "h100": Device(
+        name="h100", description="NVIDIA H100 SXM5 80GB, eight per node (NVSwitch)",
+        peak_flops=989e12, precision="bf16/fp16 tensor (mixed precision)",  # H100 datasheet, dense
+        memory_bytes=80 * GB,
+        # H100 datasheet: NVLink 4, 900 GB/s per GPU (450 per direction) through NVSwitch.
+        devices_per_node=8, intra_bandwidth=450 * GB, intra_latency=5e-6,
+        network="ib-ndr", links_per_node=8,  # DGX H100 datasheet: 8x ConnectX-7 400 Gb/s
+        # Lambda's PyTorch benchmark, about 2,790 img/s (as quoted in the project's peers notes,
+        # not re-checked here). NVIDIA's MLPerf stack reaches about 6,970: pass
+        # --images-per-second to plan for it.
+        reference_model="resnet50", reference_images_per_second=2790.0,
+        source="Lambda PyTorch benchmark, 1 H100, AMP: about 2,790 img/s"),
+    "tpu-v3": Device(
+        name="tpu-v3", description="Google TPU v3 chip (2 cores), four per host, 2-D torus ICI",
+        peak_flops=123e12, precision="bf16",  # Google Cloud TPU docs: 123 TFLOP/s per v3 chip
+        memory_bytes=32 * GB,                # 32 GiB HBM per v3 chip (16 per core)
+        devices_per_node=4, intra_bandwidth=2 * 656 * Gbit, intra_latency=1e-6,  # ICI, as below
+        network="tpu-ici", links_per_node=4,
+        # ASSUMED: no per-chip rate used; same fraction of peak as the V100 preset.
+        efficiency=V100_EFFICIENCY,
+        source="Google Cloud TPU docs (peak); efficiency assumed equal to the V100 preset's"),
+    "cpu-local": Device(
+        name="cpu-local", description="this project's 2-core AMD EPYC (Zen 3) VM, one process",
+        # Zen 3: two 256-bit FMA pipes = 32 FP32 FLOPs/cycle/core; 2 cores x ~2.45 GHz (the
+        # VM reports BogoMIPS 4890). Nominal only: the rate below is what counts.
+        peak_flops=2 * 2.45e9 * 32, precision="fp32",
+        memory_bytes=8 * GB,
+        devices_per_node=1, intra_bandwidth=1 * GB, intra_latency=50e-6,
+        network="localhost", links_per_node=1,
+        # About 1,400 training images/s for fast_resnet on the idle VM (FastResNet's docstring in
+        # largebatch.models.small); `largebatch benchmark` measured only ~100 under a load average
+        # of 8 (docs/planner.md). Re-calibrate with `largebatch benchmark` and --device-file.
+        reference_model="fast_resnet", reference_images_per_second=1400.0, reference_batch=256,
+        source="fast_resnet on the idle VM, about 1,400 img/s (largebatch.models.small)"),
+}
+
+NETWORKS: dict[str, Network] = {
+    # Ethernet data rates are the line rates; ASSUMED 25 us per message step for MPI/gloo over
+    # TCP sockets (RDMA over Converged Ethernet would be nearer 2-3 us).
+    "ethernet-10g": Network("ethernet-10g", "10 Gb/s Ethernet, TCP", 10 * Gbit, 25e-6, "IEEE 802.3 10GBASE"),
+    "ethernet-25g": Network("ethernet-25g", "25 Gb/s Ethernet, TCP", 25 * Gbit, 25e-6, "IEEE 802.3by"),
+    "ethernet-50g": Network("ethernet-50g", "50 Gb/s Ethernet, TCP", 50 * Gbit, 25e-6, "IEEE 802.3cd"),
+    "ethernet-100g": Network("ethernet-100g", "100 Gb/s Ethernet, TCP", 100 * Gbit, 25e-6, "IEEE 802.3ba"),
+    # InfiniBand 4x links, data rate after 64b/66b coding (InfiniBand Trade Association roadmap):
+    # FDR 4 x 14.0625 Gb/s x 64/66 = 54.5 Gb/s; EDR 100, HDR 200, NDR 400 Gb/s. ASSUMED 1 us MPI
+    # small-message latency (Mellanox ConnectX-3..7 product briefs state 0.6-0.7 us adapter latency).
+    "ib-fdr": Network("ib-fdr", "InfiniBand FDR 4x (56 Gb/s)", 4 * 14.0625 * 64 / 66 * Gbit, 1e-6, "IBTA; Mellanox ConnectX-3"),
+    "ib-edr": Network("ib-edr", "InfiniBand EDR 4x (100 Gb/s)", 100 * Gbit, 1e-6, "IBTA; Mellanox ConnectX-4"),
+    "ib-hdr": Network("ib-hdr", "InfiniBand HDR 4x (200 Gb/s)", 200 * Gbit, 1e-6, "IBTA; Mellanox ConnectX-6"),
+    "ib-ndr": Network("ib-ndr", "InfiniBand NDR 4x (400 Gb/s)", 400 * Gbit, 1e-6, "IBTA; NVIDIA ConnectX-7"),
+    # Intel Omni-Path Architecture 100 series: 100 Gb/s per port (Intel OPA product brief); it is
+    # the network of TACC Stampede2 (user guide: fat tree, 100 Gb/s). ASSUMED 1 us MPI latency.
+    "omnipath-100g": Network("omnipath-100g", "Intel Omni-Path 100 Gb/s", 100 * Gbit, 1e-6, "Intel OPA 100 product brief"),
+    # TPU v3 inter-chip interconnect: 4 links of 656 Gb/s per chip (Jouppi et al., "A domain-
+    # specific supercomputer for training deep neural networks", CACM 2020, Table 3). ASSUMED: a
+    # bidirectional ring on the 2-D torus uses 2 links per chip, 1 us per step.
+    "tpu-ici": Network("tpu-ici", "TPU v3 ICI, 2-D torus", 2 * 656 * Gbit, 1e-6, "Jouppi et al. CACM 2020"),
+    # gloo all-reduce between two processes on this VM: the alpha-beta fit of the fastest repeats
+    # in benchmarks/allreduce.py (1.19 GB/s, 101 us per step; docs/planner.md).
+    "localhost": Network("localhost", "gloo between 2 processes on this VM", 1.19 * GB, 101e-6,
+                         "benchmarks/allreduce.py on this VM"),
+}
+
+
+def _names(table: dict) -> str:
+    return ", ".join(sorted(table))
+
+
+def get_device(name: str) -> Device:
+    if name not in DEVICES:
+        raise ConfigError(f"--device: unknown device '{name}' (choose from {_names(DEVICES)}, "
+                          "or give --device-file PATH from 'largebatch benchmark')")
+    return DEVICES[name]
+
+
+def get_network(name: str) -> Network:
+    if name not in NETWORKS:
+        raise ConfigError(f"--network: unknown network '{name}' (choose from {_names(NETWORKS)})")
+    return NETWORKS[name]
+
+
+# --- presets from a file (written by `largebatch benchmark`) ---------------------------------
+
+def preset_to_dict(device: Device, network: Network | None, measured: dict | None = None) -> dict:
+    """The JSON object ``largebatch benchmark`` writes and ``plan --device-file`` reads."""
+    document = {"format": "largebatch-device/1", "device": asdict(device)}
+    if network is not None:
+        document["network"] = asdict(network)
+    if measured:
+        document["measured"] = measured
+    return document
+
+
+def _build(kind, values: dict, path: str, section: str):
+    allowed = {f.name for f in fields(kind)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{section}.{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
+    try:
+        item = kind(**values)
+    except TypeError as error:
+        raise ConfigError(f"{path}: [{section}] is incomplete ({error}); write it again with 'largebatch benchmark'") from None
+    for f in fields(kind):
+        value = getattr(item, f.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (not math.isfinite(value) or value < 0):
+            raise ConfigError(f"{path}: {section}.{f.name} must be a finite number >= 0, got {value}")
+    return item
+
+
+def load_preset_file(path: str | Path) -> tuple[Device, Network | None]:
+    """Read a device preset (and its measured network, if any) from a JSON file."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--device-file: {path} does not exist (write one with 'largebatch benchmark --output {path}')") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--device-file: cannot read {path} as JSON ({error})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("device"), dict):
+        raise ConfigError(f"--device-file: {path} has no 'device' object (write one with 'largebatch benchmark')")
+    device = _build(Device, document["device"], str(path), "device")
+    if not device.reference_images_per_second and not device.efficiency:
+        raise ConfigError(f"--device-file: {path}: device needs reference_images_per_second or efficiency")
+    network = None
+    if isinstance(document.get("network"), dict):
+        network = _build(Network, document["network"], str(path), "network")
+    return device, network

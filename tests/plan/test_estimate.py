@@ -1,0 +1,145 @@
+"""plan_time: hand-computed iterations, scaling with processors, overlap, bound, rates by MACs."""
+
+import dataclasses
+
+import pytest
+
+from largebatch.errors import ConfigError
+from largebatch.plan import DEVICES, NETWORKS, Device, ModelCost, Network, Setup, plan_time
+from largebatch.plan.presets import TRAINING_FLOPS_PER_MAC
+
+MODEL = ModelCost("toy", macs=1e9, params=10_000_000)  # 40 MB of FP32 gradients
+DEVICE = Device(name="toy-gpu", description="test", peak_flops=100e12, precision="fp16", memory_bytes=16e9,
+                devices_per_node=1, intra_bandwidth=100e9, intra_latency=1e-6, network="toy-net",
+                links_per_node=1, reference_model="toy", reference_images_per_second=1000.0, reference_macs=1e9)
+NETWORK = Network("toy-net", "test", bandwidth=10e9, latency=1e-5)
+
+
+def setup(**changes) -> Setup:
+    return dataclasses.replace(Setup(model=MODEL, device=DEVICE, network=NETWORK, epochs=2, images=64_000), **changes)
+
+
+def test_one_processor_takes_images_over_rate():
+    plan = plan_time(setup(), batch_size=256, processors=1)
+    assert plan.comm_s_per_iter == 0
+    assert plan.total_s == pytest.approx(2 * 64_000 / 1000)
+    assert plan.efficiency == 1
+    assert plan.bound == "compute"
+    # Also with a preset device: ResNet-50 on one V100 for 90 epochs of ImageNet.
+    from largebatch.plan import model_cost
+    v100 = Setup(model=model_cost("resnet50"), device=DEVICES["v100"], network=NETWORKS["ib-edr"])
+    plan = plan_time(v100, 256, 1)
+    assert plan.total_s == pytest.approx(90 * 1_281_167 / v100.rate())
+
+
+def test_iteration_by_hand():
+    # 4 processes, one per node, batch 400: 100 images at 1000/s = 0.1 s of compute; the ring
+    # all-reduce of 40 MB at 10 GB/s: 2*3/4 * 4e7/1e10 = 6 ms + 6 * 10 us.
+    plan = plan_time(setup(allreduce="ring"), batch_size=400, processors=4)
+    assert plan.compute_s_per_iter == pytest.approx(0.1)
+    assert plan.comm_s_per_iter == pytest.approx(0.006 + 6e-5)
+    assert plan.iter_s == pytest.approx(0.10606)
+    assert plan.epoch_s == pytest.approx(64_000 / 400 * 0.10606)
+    assert plan.total_s == pytest.approx(2 * plan.epoch_s)
+    assert plan.efficiency == pytest.approx(0.1 / 0.10606)
+
+
+def test_doubling_processors_at_fixed_per_processor_batch():
+    # A free network: doubling processors and batch halves the time exactly.
+    free = setup(network=Network("free", "", bandwidth=1e30, latency=0.0))
+    one, two = plan_time(free, 512, 4), plan_time(free, 1024, 8)
+    assert two.compute_s_per_iter == pytest.approx(one.compute_s_per_iter)
+    assert two.total_s == pytest.approx(one.total_s / 2)
+    # A real network: compute per iteration unchanged, all-reduce no cheaper, so the time
+    # falls, but by at most half, and efficiency does not rise.
+    for p in (2, 4, 8, 64, 512):
+        small, large = plan_time(setup(), 64 * p, p), plan_time(setup(), 128 * p, 2 * p)
+        assert large.compute_s_per_iter == pytest.approx(small.compute_s_per_iter)
+        assert large.comm_s_per_iter >= small.comm_s_per_iter
+        assert small.total_s / 2 <= large.total_s < small.total_s
+        assert large.efficiency <= small.efficiency
+
+
+def test_efficiency_is_one_processor_time_over_processor_time():
+    p = 16
+    many, single = plan_time(setup(), 16 * p, p), plan_time(setup(), 16, 1)
+    assert many.efficiency == pytest.approx(single.total_s / (p * many.total_s))
+
+
+def test_overlap_hides_up_to_two_thirds_of_compute():
+    base = setup(allreduce="ring", network=Network("slow", "", bandwidth=1e9, latency=0.0))
+    # 2 processes: the all-reduce of 40 MB at 1 GB/s takes n * beta = 40 ms; compute 0.1 s,
+    # of which the backward pass (2/3, 66.7 ms) hides all of it.
+    hidden = plan_time(dataclasses.replace(base, overlap=True), 200, 2)
+    assert hidden.comm_s_per_iter == pytest.approx(0.04)
+    assert hidden.exposed_comm_s_per_iter == 0
+    assert hidden.iter_s == pytest.approx(0.1)
+    plain = plan_time(base, 200, 2)
+    assert plain.iter_s == pytest.approx(0.14)
+    # Compute 0.03 s: backward hides 0.02 s of the 0.04 s all-reduce.
+    short = plan_time(dataclasses.replace(base, overlap=True), 60, 2)
+    assert short.exposed_comm_s_per_iter == pytest.approx(0.02)
+    assert short.iter_s == pytest.approx(0.05)
+
+
+def test_bound_names_the_limiting_resource():
+    assert plan_time(setup(), 6400, 64).bound == "compute"
+    slow = setup(allreduce="ring", network=Network("slow", "", bandwidth=1e8, latency=1e-6))
+    plan = plan_time(slow, 64, 64)
+    assert plan.bound == "bandwidth" and "bandwidth" in plan.explanation
+    laggy = setup(allreduce="ring", network=Network("laggy", "", bandwidth=1e12, latency=1e-3))
+    plan = plan_time(laggy, 64, 64)
+    assert plan.bound == "latency" and "latency" in plan.explanation
+    assert "\n" not in plan.explanation
+
+
+def test_best_picks_the_fastest_algorithm():
+    plan = plan_time(setup(), 64 * 64, 64)
+    assert plan.comm_s_per_iter == pytest.approx(min(plan.allreduce_s.values()))
+    assert plan.allreduce == min(plan.allreduce_s, key=plan.allreduce_s.get)
+
+
+def test_rate_scales_with_macs_and_overrides():
+    twice_as_big = ModelCost("big", macs=2e9, params=1)
+    assert setup(model=twice_as_big).rate() == pytest.approx(500)
+    # Efficiency factor: achieved FLOP/s = efficiency x peak.
+    assumed = dataclasses.replace(DEVICE, reference_images_per_second=None, efficiency=0.3)
+    assert setup(device=assumed).rate() == pytest.approx(0.3 * 100e12 / (TRAINING_FLOPS_PER_MAC * 1e9))
+    assert setup(efficiency=0.6).rate() == pytest.approx(2 * 0.3 * 100e12 / (TRAINING_FLOPS_PER_MAC * 1e9))
+    assert setup(images_per_second=42.0).rate() == 42.0
+
+
+def test_16_bit_gradients_halve_the_bandwidth_term():
+    slow = setup(allreduce="ring", network=Network("slow", "", bandwidth=1e9, latency=0.0))
+    fp32, fp16 = plan_time(slow, 64, 8), plan_time(dataclasses.replace(slow, gradient_bytes=2), 64, 8)
+    assert fp16.comm_s_per_iter == pytest.approx(fp32.comm_s_per_iter / 2)
+
+
+def test_small_per_processor_batch_is_flagged():
+    device = dataclasses.replace(DEVICE, reference_batch=256)
+    assert any("optimistic" in note for note in plan_time(setup(device=device), 16 * 8, 8).notes)
+    assert not plan_time(setup(device=device), 256 * 8, 8).notes
+
+
+def test_bad_configurations_raise_config_errors():
+    with pytest.raises(ConfigError, match="at least one image per processor"):
+        plan_time(setup(), 8, 16)
+    with pytest.raises(ConfigError, match="--processors"):
+        plan_time(setup(), 8, 0)
+    with pytest.raises(ConfigError, match="--allreduce"):
+        plan_time(setup(allreduce="butterfly"), 8, 2)
+
+
+def test_presets_cover_the_issue_names_and_are_sane():
+    for name in ("knl", "skylake-8160", "p100", "p40", "v100", "a100", "h100", "tpu-v3", "cpu-local"):
+        device = DEVICES[name]
+        assert device.network in NETWORKS, name
+        assert device.peak_flops > 0 and device.memory_bytes > 0 and device.source
+        assert bool(device.reference_images_per_second) != bool(device.efficiency), name  # exactly one
+    for name in ("ethernet-10g", "ethernet-25g", "ethernet-50g", "ethernet-100g", "ib-fdr", "ib-edr",
+                 "ib-hdr", "ib-ndr", "omnipath-100g", "tpu-ici"):
+        assert NETWORKS[name].bandwidth > 0 and NETWORKS[name].latency > 0
+    # Faster links are faster.
+    rates = [NETWORKS[n].bandwidth for n in ("ethernet-10g", "ethernet-25g", "ethernet-50g", "ethernet-100g")]
+    assert rates == sorted(rates)
+    assert NETWORKS["ib-fdr"].bandwidth < NETWORKS["ib-edr"].bandwidth < NETWORKS["ib-hdr"].bandwidth < NETWORKS["ib-ndr"].bandwidth
