@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import sys
 from pathlib import Path
@@ -30,6 +31,12 @@ def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=8)
+def cached_jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A natural-looking JPEG (quality 90), made once per test session."""
+    return jpeg_bytes(natural_image(width, height, seed))
 
 
 def write_tree(root: Path, classes: dict[str, int], size: tuple[int, int] = (48, 40), seed: int = 0) -> list[Path]:

@@ -84,7 +84,7 @@ def test_draft_scale_keeps_the_box_at_least_the_output_size(box, size, scale):
                                       ((301, 299, 799, 811), 112), ((0, 0, 1600, 1200), 64),
                                       ((37, 5, 511, 470), 224)])
 def test_fast_decode_agrees_with_plain_decode_for_the_same_box(helpers, box, size):
-    data = helpers.jpeg_bytes(helpers.natural_image(1600, 1200, seed=1))
+    data = helpers.cached_jpeg(1600, 1200, 1)
     fast = np.asarray(T.decode_box(opened(data), box, size, fast=True)).astype(int)
     plain = np.asarray(T.decode_box(opened(data), box, size, fast=False)).astype(int)
     assert fast.shape == plain.shape == (size, size, 3)
@@ -93,7 +93,7 @@ def test_fast_decode_agrees_with_plain_decode_for_the_same_box(helpers, box, siz
 
 
 def test_fast_decode_really_decodes_at_reduced_size(helpers, monkeypatch):
-    data = helpers.jpeg_bytes(helpers.natural_image(1600, 1200, seed=1))
+    data = helpers.cached_jpeg(1600, 1200, 1)
     sizes = []
     resize = Image.Image.resize
 
@@ -116,7 +116,7 @@ def test_crop_choices_do_not_depend_on_the_decode_path():
 
 
 def test_fast_and_plain_training_images_agree(helpers):
-    data = helpers.jpeg_bytes(helpers.natural_image(1200, 900, seed=2))
+    data = helpers.cached_jpeg(1200, 900, 2)
     fast, plain = T.train_transform("extended", 112, fast=True), T.train_transform("extended", 112, fast=False)
     for position in range(20):
         a = fast(opened(data), T.image_rng(0, position)).astype(int)
