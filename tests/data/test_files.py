@@ -160,3 +160,40 @@ def test_synthetic_data():
     images, labels = train.batch(torch.tensor([0, 1, 49]))
     assert images.shape == (3, 3, 16, 16) and images.dtype == torch.uint8
     assert labels.tolist() == [0, 1, 0]
+
+
+def test_restored_skipped_files_count_without_a_second_warning(capsys):
+    files_module.restore_skipped(["/data/a.JPEG", "/data/b.JPEG"])
+    files_module.record_skipped([("/data/a.JPEG", "OSError: broken"), ("/data/c.JPEG", "OSError: broken")])
+    assert files_module.skipped_files_all_ranks() == ["/data/a.JPEG", "/data/b.JPEG", "/data/c.JPEG"]
+    err = capsys.readouterr().err
+    assert "/data/c.JPEG" in err and "/data/a.JPEG" not in err
+
+
+def _gather_worker(rank, world_size, port, queue):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    files_module.clear_skipped()
+    files_module.record_skipped([(f"/data/rank{rank}.JPEG", "x"), ("/data/shared.JPEG", "x")])
+    queue.put((rank, files_module.skipped_files_all_ranks()))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_skipped_files_are_united_over_ranks():
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=_gather_worker, args=(rank, 2, port, queue)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    results = dict(queue.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+    expected = ["/data/rank0.JPEG", "/data/rank1.JPEG", "/data/shared.JPEG"]
+    assert results == {0: expected, 1: expected}

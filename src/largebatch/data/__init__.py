@@ -18,13 +18,15 @@ from dataclasses import dataclass
 import torch
 
 from largebatch.data import idx, imagenet
-from largebatch.data.files import Batch, ImageFileDataset, record_skipped, restore_skipped, skipped_files
+from largebatch.data.files import (Batch, ImageFileDataset, record_skipped, restore_skipped, skipped_files,
+                                  skipped_files_all_ranks)
 from largebatch.data.loader import file_batches, resolve_workers
 from largebatch.data.transforms import eval_transform, train_transform
 from largebatch.errors import DataError
 
 __all__ = ["DataInfo", "TensorDataset", "SyntheticDataset", "ImageFileDataset", "build_datasets", "load_batches",
-           "training_batches", "TrainingStream", "Normalizer", "skipped_files", "restore_skipped",
+           "training_batches", "TrainingStream", "Normalizer", "skipped_files", "skipped_files_all_ranks",
+           "restore_skipped",
            "resolve_workers"]
 
 # Per-channel mean and std of the training images, in [0, 1] units.

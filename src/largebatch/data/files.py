@@ -136,6 +136,18 @@ def skipped_files() -> list[str]:
     return sorted(_skipped)
 
 
+def skipped_files_all_ranks() -> list[str]:
+    """The union of :func:`skipped_files` over all processes of the run. A collective operation
+    when torch.distributed is initialised: every rank must call it."""
+    local = skipped_files()
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
+        return local
+    gathered: list[list[str] | None] = [None] * distributed.get_world_size()
+    distributed.all_gather_object(gathered, local)
+    return sorted(set().union(*(set(paths or []) for paths in gathered)))
+
+
 def restore_skipped(paths: Iterable[str]) -> None:
     """Re-count files skipped before a resume (from a checkpoint), without warning again."""
     for path in paths:
