@@ -26,8 +26,7 @@ from largebatch.errors import DataError
 
 __all__ = ["DataInfo", "TensorDataset", "SyntheticDataset", "ImageFileDataset", "build_datasets", "load_batches",
            "training_batches", "TrainingStream", "Normalizer", "skipped_files", "skipped_files_all_ranks",
-           "restore_skipped",
-           "resolve_workers"]
+           "restore_skipped", "resolve_workers"]
 
 # Per-channel mean and std of the training images, in [0, 1] units.
 STATS = {
