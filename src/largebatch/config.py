@@ -63,6 +63,12 @@ class DataConfig:
     train_subset: int = option(0, "use only this many training images, a fixed random subset (0: all)",
                                min=0)
     synthetic_images: int = option(12800, "images per epoch of the synthetic data set", min=1)
+    color_jitter: float = option(0.4, "image files, extended/strong augmentation: brightness, contrast and "
+                                 "saturation factors drawn from U(1-J, 1+J) (0: off)", min=0.0, max=1.0)
+    lighting: float = option(0.1, "image files, extended/strong augmentation: std of AlexNet PCA lighting "
+                             "noise (Krizhevsky et al. 2012: 0.1; 0: off)", min=0.0)
+    fast_decode: bool = option(True, "image files: decode JPEGs at 1/2, 1/4 or 1/8 size in the DCT domain when "
+                               "the crop still has at least image_size pixels per side")
 
 
 @dataclass

@@ -3,6 +3,11 @@
 Every data set yields uint8 images ``(C, H, W)`` and int64 labels; conversion to float and
 normalisation happen in the training process, on the training device (:class:`Normalizer`),
 so workers copy 4x fewer bytes and, on a GPU, the arithmetic is free.
+
+In-memory data sets (Fashion-MNIST, MNIST, synthetic) make a batch by indexing a tensor in the
+training process. Image-file data sets (ImageNet) decode in ``workers`` loader processes
+(:mod:`largebatch.data.loader`); files that cannot be read are skipped and counted
+(:func:`skipped_files`).
 """
 
 from __future__ import annotations
@@ -12,8 +17,16 @@ from dataclasses import dataclass
 
 import torch
 
-from largebatch.data import idx
+from largebatch.data import idx, imagenet
+from largebatch.data.files import (Batch, ImageFileDataset, record_skipped, restore_skipped, skipped_files,
+                                  skipped_files_all_ranks)
+from largebatch.data.loader import file_batches, resolve_workers
+from largebatch.data.transforms import eval_transform, train_transform
 from largebatch.errors import DataError
+
+__all__ = ["DataInfo", "TensorDataset", "SyntheticDataset", "ImageFileDataset", "build_datasets", "load_batches",
+           "training_batches", "TrainingStream", "Normalizer", "skipped_files", "skipped_files_all_ranks",
+           "restore_skipped", "resolve_workers"]
 
 # Per-channel mean and std of the training images, in [0, 1] units.
 STATS = {
@@ -49,6 +62,9 @@ class TensorDataset:
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[indices], self.labels[indices]
 
+    def subset(self, indices: torch.Tensor) -> TensorDataset:
+        return TensorDataset(*self.batch(indices))
+
 
 class SyntheticDataset:
     """Random images for throughput measurement: a fixed pool, indexed modulo its size, so that
@@ -83,7 +99,17 @@ def build_datasets(data_config, seed: int = 0):
         train = SyntheticDataset(data_config.synthetic_images, classes, channels, size, seed)
         test = SyntheticDataset(max(1, data_config.synthetic_images // 10), classes, channels, size, seed + 1)
     elif name == "imagenet":
-        raise DataError("the imagenet data set needs largebatch.data.imagenet (not built yet)")
+        root = imagenet.locate(data_config.data_dir)
+        train_files = imagenet.list_split(root, "train")
+        test_files = imagenet.list_split(root, "val", train_files.classes)
+        size = data_config.image_size or 224
+        channels, classes = 3, len(train_files.classes)
+        fast = data_config.fast_decode
+        train = ImageFileDataset(train_files.folder, train_files.files, train_files.labels,
+                                 train_transform(data_config.augmentation, size, data_config.color_jitter,
+                                                 data_config.lighting, fast), seed)
+        test = ImageFileDataset(test_files.folder, test_files.files, test_files.labels, eval_transform(size, fast),
+                                seed)
     else:
         raise DataError(f"unknown data set '{name}'")
     if data_config.num_classes and name != "synthetic" and data_config.num_classes != classes:
@@ -93,25 +119,74 @@ def build_datasets(data_config, seed: int = 0):
             raise DataError(f"data.train_subset ({data_config.train_subset}) exceeds the "
                             f"{len(train)} training images")
         keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:data_config.train_subset]
-        train = TensorDataset(*train.batch(keep.sort().values))
+        keep = keep.sort().values
+        train = train.subset(keep) if hasattr(train, "subset") else TensorDataset(*train.batch(keep))
     mean, std = STATS[name]
     info = DataInfo(name, classes, channels, size, mean, std, len(train), len(test))
     return train, test, info
 
 
-def load_batches(dataset, index_lists: Iterable[torch.Tensor], workers: int = 0) -> Iterator[
-        tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images, labels) for each list of indices, in order."""
-    for indices in index_lists:
-        yield dataset.batch(indices)
+def load_batches(dataset, index_lists: Iterable[torch.Tensor], workers: int = 0,
+                 pin_memory: bool | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (uint8 images, labels) for each list of indices, in order (evaluation: no random
+    augmentation). Image files are decoded by ``workers`` processes (-1: automatic); unreadable
+    ones are left out and counted, and a batch left empty is not yielded."""
+    if not isinstance(dataset, ImageFileDataset):
+        for indices in index_lists:
+            yield dataset.batch(indices)
+        return
+    for batch in file_batches(dataset, ((indices, None) for indices in index_lists), workers, pin_memory):
+        record_skipped(batch.skipped)
+        if len(batch.labels):
+            yield batch.images, batch.labels
+
+
+class TrainingStream:
+    """The per-step micro-batch stream the training loop consumes (see :func:`training_batches`)."""
+
+    def __init__(self, dataset, sampler, start_step: int, total_steps: int, rank: int, world_size: int,
+                 accumulation: int, workers: int = 0, pin_memory: bool | None = None, prefetch_factor: int = 2):
+        self.accumulation = accumulation
+        self.remaining = max(0, total_steps - start_step)
+        if isinstance(dataset, ImageFileDataset):
+            requests = ((indices, positions)
+                        for step in range(start_step, total_steps)
+                        for indices, positions in zip(sampler.micro_batches(step, rank, world_size, accumulation),
+                                                      sampler.micro_batch_positions(step, rank, world_size,
+                                                                                    accumulation)))
+            self._batches = file_batches(dataset, requests, workers, pin_memory, prefetch_factor)
+        else:
+            self._batches = (Batch(*dataset.batch(indices), [])
+                             for step in range(start_step, total_steps)
+                             for indices in sampler.micro_batches(step, rank, world_size, accumulation))
+
+    def __iter__(self) -> TrainingStream:
+        return self
+
+    def __next__(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.remaining <= 0:
+            raise StopIteration
+        micro_batches = []
+        for _ in range(self.accumulation):
+            batch = next(self._batches)
+            record_skipped(batch.skipped)
+            if batch.error:
+                raise DataError(batch.error)
+            micro_batches.append((batch.images, batch.labels))
+        self.remaining -= 1
+        return micro_batches
 
 
 def training_batches(dataset, sampler, start_step: int, total_steps: int, rank: int, world_size: int,
-                     accumulation: int, workers: int = 0) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+                     accumulation: int, workers: int = 0, pin_memory: bool | None = None,
+                     prefetch_factor: int = 2) -> TrainingStream:
     """For each step from ``start_step`` to ``total_steps - 1``: this rank's micro-batches, a list
-    of (uint8 images, labels). What a step sees depends on the step alone (exact resume)."""
-    for step in range(start_step, total_steps):
-        yield list(load_batches(dataset, sampler.micro_batches(step, rank, world_size, accumulation), workers))
+    of (uint8 images, labels). What a step sees depends on the step alone (exact resume), also
+    for augmented image files: each image's random choices come from (seed, stream position).
+    Image files are decoded by ``workers`` processes (-1: automatic; in-memory data ignore it);
+    an unreadable file is replaced by the next readable one and counted (:func:`skipped_files`)."""
+    return TrainingStream(dataset, sampler, start_step, total_steps, rank, world_size, accumulation, workers,
+                          pin_memory, prefetch_factor)
 
 
 class Normalizer:

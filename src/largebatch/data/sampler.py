@@ -62,8 +62,16 @@ class StreamSampler:
         rank_slice = torch.tensor_split(self.global_indices(step), world_size)[rank]
         return list(torch.tensor_split(rank_slice, accumulation))
 
+    def micro_batch_positions(self, step: int, rank: int, world_size: int, accumulation: int) -> list[torch.Tensor]:
+        """The stream positions of :meth:`micro_batches`' images (``step * B`` + place in the global
+        batch): unique over the whole run and independent of ``world_size`` and ``accumulation``,
+        so augmentation seeded by them gives the same images however the batch is split."""
+        start = step * self.global_batch
+        rank_slice = torch.tensor_split(torch.arange(start, start + self.global_batch), world_size)[rank]
+        return list(torch.tensor_split(rank_slice, accumulation))
+
 
 def shard_indices(num_images: int, rank: int, world_size: int) -> torch.Tensor:
     """Evaluation shard: rank r takes r, r + W, r + 2W ... Disjoint, and together complete,
     so top-1 summed over ranks counts every test image exactly once."""
-    return torch.arange(rank, num_images, world_size)
+    return torch.arange(rank, max(rank, num_images), world_size)  # empty when rank >= num_images

@@ -1,0 +1,158 @@
+"""A data set of image files, decoded and augmented on demand into uint8 batches.
+
+A batch is written straight into one ``(N, H, W, 3)`` uint8 buffer (in shared memory when built
+in a loader worker, so handing it to the training process copies nothing) and returned as the
+``(N, 3, H, W)`` view of it: channels-last strides, the layout the models run in.
+
+Bad files never stop a run. An unreadable or truncated image is *skipped*: in training its slot
+is filled by the next readable image of the data set (index + 1, + 2, ...), augmented with the
+slot's own random choices, so batch sizes, and what every other slot sees, do not change; in
+evaluation it is left out (each remaining image still counts once). Every batch carries the
+skipped paths back to the training process, which warns once per file and counts them
+(:func:`skipped_files`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from largebatch.data.transforms import ImageTransform, image_rng
+
+# What a broken, truncated, vanished or absurd file raises from PIL.
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+MAX_REPLACEMENTS = 64  # unreadable images in a row before the data set is declared broken
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # uint8 (N, 3, H, W), channels-last strides
+    labels: torch.Tensor  # int64 (N,)
+    skipped: list[tuple[str, str]]  # (path, reason) of files that could not be read
+    error: str | None = None  # a fatal problem, raised as DataError by the training process
+
+
+class ImageFileDataset:
+    """Image files under ``folder`` with class labels; ``transform`` makes each ``size x size``.
+
+    ``seed`` is the run seed: the random choices for the image at stream position ``p`` come
+    from ``image_rng(seed, p)`` (:mod:`largebatch.data.transforms`)."""
+
+    def __init__(self, folder: str | os.PathLike, files: Sequence[str], labels: Sequence[int] | np.ndarray,
+                 transform: ImageTransform, seed: int = 0):
+        if len(files) != len(labels):
+            raise ValueError("files and labels differ in length")
+        self.folder = os.fspath(folder)
+        # One fixed-width byte array rather than a list of str: forked workers then share its
+        # pages instead of copying them as reference counts change.
+        self.files = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_size(self) -> int:
+        return self.transform.size
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.folder, os.fsdecode(self.files[index]))
+
+    def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageFileDataset:
+        keep = np.asarray(indices, dtype=np.int64)
+        subset = ImageFileDataset.__new__(ImageFileDataset)
+        subset.folder, subset.transform, subset.seed = self.folder, self.transform, self.seed
+        subset.files, subset.labels = self.files[keep], self.labels[keep]
+        return subset
+
+    def read(self, index: int, rng) -> np.ndarray:
+        """One image, uint8 ``(size, size, 3)``; raises one of ``READ_ERRORS`` on a bad file."""
+        with Image.open(self.path(index)) as image:
+            return self.transform(image, rng)
+
+    def load_batch(self, indices: Sequence[int], positions: Sequence[int] | None = None) -> Batch:
+        """Decode ``indices``. With ``positions`` (training): stream positions that seed each slot's
+        random choices; bad files are replaced. Without (evaluation): deterministic transform;
+        bad files are left out."""
+        indices = [int(i) for i in indices]
+        size = self.transform.size
+        images = torch.empty((len(indices), size, size, 3), dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            images.share_memory_()
+        pixels = images.numpy()
+        labels: list[int] = []
+        skipped: list[tuple[str, str]] = []
+        for slot, index in enumerate(indices):
+            candidates = [index] if positions is None else \
+                [(index + k) % len(self) for k in range(min(MAX_REPLACEMENTS, len(self)))]
+            for candidate in candidates:
+                rng = image_rng(self.seed, int(positions[slot])) if positions is not None else None
+                try:
+                    pixels[len(labels)] = self.read(candidate, rng)
+                except READ_ERRORS as error:
+                    reason = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+                    skipped.append((self.path(candidate), reason))
+                    continue
+                labels.append(int(self.labels[candidate]))
+                break
+            else:
+                if positions is not None:
+                    return Batch(images[:0].permute(0, 3, 1, 2), torch.zeros(0, dtype=torch.int64), skipped,
+                                 f"{self.path(index)}: it and the {len(candidates) - 1} images after it are all "
+                                 "unreadable; check the data set")
+        return Batch(images[:len(labels)].permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.int64), skipped)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation-style batch in this process (bad files left out and recorded)."""
+        loaded = self.load_batch(indices.tolist())
+        record_skipped(loaded.skipped)
+        return loaded.images, loaded.labels
+
+
+# -------------------------------------------------------------------------------------------
+# Skipped files, counted in the training process
+
+_skipped: dict[str, str] = {}
+
+
+def record_skipped(entries: Iterable[tuple[str, str]]) -> None:
+    """Count (path, reason) pairs; the first time a path is seen, warn on stderr naming it."""
+    for path, reason in entries:
+        if path not in _skipped:
+            _skipped[path] = reason
+            print(f"largebatch: warning: skipped unreadable image {path} ({reason}); "
+                  f"{len(_skipped)} skipped so far", file=sys.stderr, flush=True)
+
+
+def skipped_files() -> list[str]:
+    """Paths of the distinct files skipped so far by this process (training and evaluation)."""
+    return sorted(_skipped)
+
+
+def skipped_files_all_ranks() -> list[str]:
+    """The union of :func:`skipped_files` over all processes of the run. A collective operation
+    when torch.distributed is initialised: every rank must call it."""
+    local = skipped_files()
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
+        return local
+    gathered: list[list[str] | None] = [None] * distributed.get_world_size()
+    distributed.all_gather_object(gathered, local)
+    return sorted(set().union(*(set(paths or []) for paths in gathered)))
+
+
+def restore_skipped(paths: Iterable[str]) -> None:
+    """Re-count files skipped before a resume (from a checkpoint), without warning again."""
+    for path in paths:
+        _skipped.setdefault(path, "skipped before the run was resumed")
+
+
+def clear_skipped() -> None:
+    _skipped.clear()

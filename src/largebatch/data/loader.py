@@ -1,0 +1,70 @@
+"""Loading batches of an image-file data set in worker processes (torch DataLoader).
+
+A *request* is one batch: a list of data-set indices and, for training, their stream positions.
+Requests go to ``workers`` processes in order and come back in order; each worker decodes a
+whole batch into shared memory (:meth:`ImageFileDataset.load_batch`), so the training process
+only receives tensors. Since an image's random choices depend on its stream position alone,
+the batches are the same for any number of workers, including none.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from largebatch.data.files import Batch, ImageFileDataset
+
+Request = tuple[Sequence[int], Sequence[int] | None]  # (indices, stream positions or None)
+
+
+def resolve_workers(workers: int) -> int:
+    """``-1``: the CPU cores of this machine shared among its training processes
+    (``LOCAL_WORLD_SIZE``), less one for the training process itself; at least 1, at most 32."""
+    if workers >= 0:
+        return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(32, cores // local_processes - 1))
+
+
+class _BatchReader(Dataset):
+    """What a worker runs: ``__getitems__`` receives one request and returns the whole batch."""
+
+    def __init__(self, dataset: ImageFileDataset):
+        self.dataset = dataset
+
+    def __getitems__(self, request: Request) -> Batch:
+        indices, positions = request
+        return self.dataset.load_batch(indices, positions)
+
+    def __getitem__(self, index: int):  # DataLoader needs it to exist; batches use __getitems__
+        raise NotImplementedError
+
+
+def _as_is(batch: Batch) -> Batch:
+    return batch
+
+
+def _plain(requests: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> Iterator[Request]:
+    for indices, positions in requests:
+        yield indices.tolist(), (positions.tolist() if positions is not None else None)
+
+
+def file_batches(dataset: ImageFileDataset, requests: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+                 workers: int = 0, pin_memory: bool | None = None, prefetch_factor: int = 2) -> Iterator[Batch]:
+    """One :class:`Batch` per request, in order; ``workers`` processes (0: in this process;
+    -1: :func:`resolve_workers`). ``pin_memory`` (default: when CUDA is available) puts the
+    batches in page-locked memory for asynchronous copies to the GPU."""
+    workers = resolve_workers(workers)
+    if workers == 0:
+        for indices, positions in _plain(requests):
+            yield dataset.load_batch(indices, positions)
+        return
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    loader = DataLoader(_BatchReader(dataset), batch_sampler=_plain(requests), num_workers=workers,
+                        collate_fn=_as_is, pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+    yield from loader
