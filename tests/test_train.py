@@ -44,7 +44,9 @@ def test_run_directory_has_config_metrics_summary_and_checkpoints(tiny_data, tmp
     assert saved["steps"] == 8  # 2 epochs x 512 images / 128
     assert saved["accumulation_steps"] == 4
     assert checkpoint.list_checkpoints(out / "checkpoints")
-    assert records[-1]["top1"] > 0.3  # the tiny task is learnable: well above chance (0.1)
+    # the tiny task is learnable: loss falls and top-1 is above chance (0.1) after 8 steps
+    assert records[1]["train_loss"] < 0.8 * records[0]["train_loss"]
+    assert records[-1]["top1"] > 0.2
 
 
 def test_existing_run_is_not_overwritten_without_resume(tiny_data, tmp_path):

@@ -33,6 +33,7 @@ from typing import Any
 from largebatch import config as cfg
 from largebatch.errors import ConfigError
 
+STUDY_DIR = cfg.RECIPE_DIR / "studies"
 STUDY_KEYS = {"base", "batch_sizes", "epochs", "seeds", "augmentations", "lr_factors", "out", "description"}
 
 
@@ -66,9 +67,10 @@ def load_study(path_or_name: str, out: str = "") -> Study:
     """Read and validate a study file into its list of runs (every config validated up front)."""
     path = Path(path_or_name)
     if not path.is_file():
-        builtin = cfg.RECIPE_DIR / f"{path_or_name}.toml"
+        builtin = STUDY_DIR / f"{path_or_name}.toml"
         if not builtin.is_file():
-            raise ConfigError(f"study file {path_or_name} not found")
+            names = ", ".join(sorted(p.stem for p in STUDY_DIR.glob("*.toml")))
+            raise ConfigError(f"study file {path_or_name} not found (built-in studies: {names})")
         path = builtin
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
