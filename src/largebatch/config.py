@@ -111,6 +111,10 @@ class RunConfig:
     device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
     backend: str = option("auto", "torch.distributed backend (auto: nccl on CUDA, gloo on CPU)",
                           choices=("auto", "gloo", "nccl"))
+    precision: str = option("auto", "numeric precision: autocast bf16/fp16 for the forward pass (auto: bf16 on "
+                            "CUDA, fp32 on CPU); fp64 for numerical checks",
+                            choices=("auto", "fp32", "bf16", "fp16", "fp64"))
+    compile: bool = option(False, "torch.compile the model for training (slow to start; faster steps on GPU)")
     channels_last: bool = option(True, "channels_last memory format for model and input (faster for "
                                  "convolutions on CPU and GPU)")
     threads: int = option(0, "CPU threads per process (0: the cores divided among local processes)", min=0)

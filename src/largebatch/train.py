@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import signal
 import time
@@ -24,11 +25,13 @@ import torch.nn.functional as F
 
 from largebatch import checkpoint, distributed, models
 from largebatch.config import Config, config_to_dict, to_toml
-from largebatch.data import Normalizer, build_datasets, training_batches
+from largebatch.data import (Normalizer, build_datasets, clear_skipped, restore_skipped, skipped_files_all_ranks,
+                             training_batches)
 from largebatch.data.sampler import StreamSampler
 from largebatch.errors import CheckpointError, ConfigError, UserError
 from largebatch.evaluate import evaluate
 from largebatch.optim import build_optimizer
+from largebatch.precision import Precision
 from largebatch.progress import MetricsLog, Progress
 from largebatch.schedule import build_schedule, scaled_lr
 
@@ -148,10 +151,33 @@ def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
 def train(config: Config, resume: str = "") -> dict[str, Any]:
     """Run (or resume) training as configured; returns the summary written to summary.json."""
     context = distributed.setup(config.run.device, config.run.backend, config.run.threads)
+    if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        resume = "auto"  # torchrun restarted the group after a failure: continue from the last checkpoint
     try:
         return _train(config, context, resume)
     finally:
         distributed.teardown(context)
+
+
+def forward_backward(model: torch.nn.Module, micro_batches: list, normalizer: Normalizer, precision: Precision,
+                     per_process_batch: int, ddp: bool) -> torch.Tensor:
+    """Accumulate the gradient of this process's part of the global batch; return the summed loss.
+
+    Each micro-batch's loss is summed over its images and divided by the per-process batch, so the
+    accumulated gradient is the mean over this process's images, whatever the micro-batch split;
+    DDP then averages over processes (its all-reduce runs on the last micro-batch only)."""
+    device = normalizer.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    for index, (images, labels) in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        with contextlib.nullcontext() if last or not ddp else model.no_sync():
+            with precision.autocast():
+                logits = model(normalizer(images))
+            loss = F.cross_entropy(logits.to(precision.parameter_dtype), labels.to(device, non_blocking=True),
+                                   reduction="sum")
+            precision.backward(loss / per_process_batch)
+        loss_sum += loss.detach()
+    return loss_sum
 
 
 def _train(config: Config, context: distributed.DistributedContext, resume: str) -> dict[str, Any]:
@@ -159,33 +185,41 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
     torch.manual_seed(run.seed)
     random.seed(run.seed)
     out = prepare_run_dir(config, context, resume)
+    clear_skipped()
 
     # Data, model, batch plan, LR schedule, optimizer.
     train_set, test_set, info = build_datasets(config.data, seed=run.seed)
+    precision = Precision.build(run.precision, device)
     model = models.build(config.model.name, num_classes=info.num_classes, in_channels=info.channels,
-                         zero_init_residual=config.model.zero_init_residual).to(device)
-    if run.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+                         zero_init_residual=config.model.zero_init_residual)
+    model = model.to(device=device, dtype=precision.parameter_dtype,
+                     memory_format=torch.channels_last if run.channels_last else torch.preserve_format)
     batches = plan_batches(run.batch_size, context.world_size, run.micro_batch_size, device.type)
     peak_lr = scaled_lr(config.optimizer.lr, run.batch_size, config.schedule.base_batch_size,
                         config.schedule.scaling)
     schedule = build_schedule(config.schedule, peak_lr, run.epochs, len(train_set), run.batch_size)
     optimizer = build_optimizer(config.optimizer, model, peak_lr)
     sampler = StreamSampler(len(train_set), run.batch_size, run.seed)
-    normalizer = Normalizer(info.mean, info.std, device, channels_last=run.channels_last)
+    normalizer = Normalizer(info.mean, info.std, device, channels_last=run.channels_last,
+                            dtype=precision.parameter_dtype)
     steps_per_epoch = len(train_set) / run.batch_size
 
-    # Resume: weights, optimizer, step, RNG and the metrics so far.
-    start_step, records, train_time = 0, [], 0.0
+    # Resume: weights, optimizer, scaler, step, RNG and the metrics so far.
+    start_step, records, train_time, skipped_steps = 0, [], 0.0, 0
     epoch_loss, epoch_steps, epoch_images, epoch_time = 0.0, 0, 0, 0.0  # since the last epoch's end
     state = find_resume_state(resume, out, device)
     if state is not None:
         load_model_state(model, state["model"], resume)
         optimizer.load_state_dict(state["optimizer"])
+        if precision.scaler is not None and state.get("scaler"):
+            precision.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         start_step, records, train_time = state["step"], list(state["metrics"]), state["train_time_s"]
         epoch_loss, epoch_steps, epoch_images, epoch_time = state["epoch_accumulators"]
+        skipped_steps = state.get("skipped_steps", 0)
+        restore_skipped(state.get("skipped_files", []))
     ddp_model = distributed.wrap_model(model, context)
+    train_model = torch.compile(ddp_model) if run.compile else ddp_model
 
     log = MetricsLog(out / "metrics.jsonl", enabled=context.is_main)
     log.reset(records)
@@ -195,22 +229,28 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
                "accumulation_steps": batches.accumulation_steps, "peak_lr": peak_lr,
                "total_steps": schedule.total_steps, "warmup_steps": schedule.warmup_steps,
                "steps_per_epoch": round(steps_per_epoch, 3), "train_images": len(train_set),
-               "test_images": len(test_set), "device": str(device)}
+               "test_images": len(test_set), "device": str(device), "precision": precision.name}
     progress.message(f"largebatch: {config.model.name} on {info.dataset}, {config.optimizer.name}, "
                      + ", ".join(f"{k} {v}" for k, v in derived.items()))
     if start_step:
         progress.message(f"resumed from step {start_step} (epoch {sampler.epoch_at(start_step):.2f})")
 
-    def checkpoint_state(step: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "rng": rng_state(), "metrics": records, "train_time_s": train_time,
-                "epoch_accumulators": [epoch_loss, epoch_steps, epoch_images, epoch_time],
-                "config": config_to_dict(config)}
-
     def save(step: int) -> None:
+        skipped = skipped_files_all_ranks()  # a collective: every rank calls it
         if context.is_main:
-            checkpoint.save(out / "checkpoints", step, checkpoint_state(step), keep=run.keep_checkpoints)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "rng": rng_state(), "metrics": records, "train_time_s": train_time,
+                     "epoch_accumulators": [epoch_loss, epoch_steps, epoch_images, epoch_time],
+                     "skipped_steps": skipped_steps, "skipped_files": skipped, "config": config_to_dict(config),
+                     "scaler": precision.scaler.state_dict() if precision.scaler is not None else {}}
+            checkpoint.save(out / "checkpoints", step, state, keep=run.keep_checkpoints)
         distributed.barrier(context)
+
+    def run_evaluation() -> dict[str, float]:
+        distributed.broadcast_buffers(model, context)
+        with precision.autocast():
+            return evaluate(model, test_set, context, normalizer, 2 * batches.micro_batch_size,
+                            workers=config.data.workers)
 
     best_top1, target_reached = max((r.get("top1") or 0.0 for r in records), default=0.0), None
     for r in records:
@@ -219,59 +259,50 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
     started = time.perf_counter() - (records[-1]["elapsed_s"] if records else 0.0)
     step = start_step
     data_stream = training_batches(train_set, sampler, start_step, schedule.total_steps, context.rank,
-                                   context.world_size, batches.accumulation_steps)
+                                   context.world_size, batches.accumulation_steps, workers=config.data.workers,
+                                   pin_memory=device.type == "cuda")
     with StopRequest() as stop:
         while step < schedule.total_steps:
-            # 1. learning rate for this step; 2. forward/backward over the micro-batches.
+            # 1. the learning rate of this step, 2. forward and backward over the micro-batches
             lr = schedule(step)
             set_lr(optimizer, lr)
             step_start = time.perf_counter()
-            micro_batches = next(data_stream)
-            loss_sum = torch.zeros((), device=device)
-            for index, (images, labels) in enumerate(micro_batches):
-                last = index == len(micro_batches) - 1
-                sync = contextlib.nullcontext() if last or not context.enabled else ddp_model.no_sync()
-                with sync:
-                    logits = ddp_model(normalizer(images))
-                    loss = F.cross_entropy(logits.float(), labels.to(device, non_blocking=True),
-                                           reduction="sum")
-                    # Sum over the micro-batch / per-process batch: the accumulated gradient is
-                    # the mean over this process's images; DDP then averages over processes.
-                    (loss / batches.per_process_batch).backward()
-                loss_sum += loss.detach()
-            # 3. all ranks agree on the loss (and on a stop request) before the weights change.
-            flags = torch.stack([loss_sum, torch.tensor(float(stop.requested), device=device)])
+            loss_sum = forward_backward(train_model, next(data_stream), normalizer, precision,
+                                        batches.per_process_batch, context.enabled)
+            # 3. all ranks agree on the loss and on a stop request before the weights change
+            flags = torch.stack([loss_sum, torch.tensor(float(stop.requested), device=device, dtype=torch.float64)])
             distributed.all_reduce_sum(flags, context)
             step_loss = flags[0].item() / run.batch_size
-            if not math.isfinite(step_loss):
+            if not math.isfinite(step_loss) and precision.scaler is None:
                 raise DivergenceError(
                     f"loss became {step_loss} at step {step} (epoch {sampler.epoch_at(step):.2f}, lr {lr:.4g}); "
                     "the learning rate is likely too high or the warmup too short: lower --lr or raise "
-                    "schedule.warmup_epochs, then resume from the last checkpoint with --resume auto")
-            # 4. optimizer step, gradients dropped.
-            optimizer.step()
+                    "--warmup-epochs, then resume from the last checkpoint with --resume auto")
+            # 4. the optimizer step (fp16: skipped when the scaled gradients overflowed), then drop the gradients
+            if not precision.step(optimizer):
+                skipped_steps += 1
             optimizer.zero_grad(set_to_none=True)
             step += 1
             elapsed = time.perf_counter() - step_start
             train_time += elapsed
             epoch_time += elapsed
-            epoch_loss += step_loss
+            epoch_loss += step_loss if math.isfinite(step_loss) else 0.0
             epoch_steps += 1
             epoch_images += run.batch_size
             epoch_float = sampler.epoch_at(step)
             progress.step(step - 1, epoch_float, step_loss, lr, epoch_images / max(epoch_time, 1e-9))
 
-            # 5. at an epoch boundary: evaluate, log, checkpoint.
-            epoch = int(epoch_float + 1e-9)
+            # 5. at an epoch boundary: evaluate, log, checkpoint
             finished = step == schedule.total_steps
-            if epoch > int(sampler.epoch_at(step - 1) + 1e-9) or finished:
-                epoch = run.epochs if finished else epoch
+            if int(epoch_float + 1e-9) > int(sampler.epoch_at(step - 1) + 1e-9) or finished:
+                epoch = run.epochs if finished else int(epoch_float + 1e-9)
                 record = {"epoch": epoch, "step": step, "lr": lr, "train_loss": epoch_loss / epoch_steps,
                           "top1": None, "top5": None, "images_per_s": epoch_images / max(epoch_time, 1e-9),
                           "elapsed_s": time.perf_counter() - started, "train_time_s": train_time}
+                if precision.scaler is not None:
+                    record["skipped_steps"] = skipped_steps
                 if epoch % run.eval_every == 0 or finished:
-                    distributed.broadcast_buffers(model, context)
-                    record.update(evaluate(model, test_set, context, normalizer, 2 * batches.micro_batch_size))
+                    record.update(run_evaluation())
                     record["elapsed_s"] = time.perf_counter() - started
                     best_top1 = max(best_top1, record["top1"])
                     if target_reached is None and run.target_top1 and record["top1"] >= run.target_top1:
@@ -294,13 +325,14 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
                 return {"stopped_at_step": step}
 
     last = next((r for r in reversed(records) if r.get("top1") is not None), {})
+    skipped_files = len(skipped_files_all_ranks())
     summary = {
         "top1": last.get("top1"), "top5": last.get("top5"), "best_top1": best_top1,
-        "train_time_s": train_time, "images_per_s": step * run.batch_size / max(train_time, 1e-9)
-        if step else 0.0,
+        "train_time_s": train_time,
+        "images_per_s": step * run.batch_size / max(train_time, 1e-9) if step else 0.0,
         "wall_time_s": time.perf_counter() - started,
         "epochs": run.epochs, "steps": step, "model": config.model.name, "dataset": info.dataset,
-        "optimizer": config.optimizer.name, "skipped_files": 0,
+        "optimizer": config.optimizer.name, "skipped_files": skipped_files, "skipped_steps": skipped_steps,
         "target_top1": run.target_top1 or None,
         "target_epoch": target_reached["epoch"] if target_reached else None,
         "target_elapsed_s": target_reached["elapsed_s"] if target_reached else None,

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch
 
 from largebatch.data import idx, imagenet
-from largebatch.data.files import (Batch, ImageFileDataset, record_skipped, restore_skipped, skipped_files,
+from largebatch.data.files import (Batch, ImageFileDataset, clear_skipped, record_skipped, restore_skipped, skipped_files,
                                   skipped_files_all_ranks)
 from largebatch.data.loader import file_batches, resolve_workers
 from largebatch.data.transforms import eval_transform, train_transform
 from largebatch.errors import DataError
 
 __all__ = ["DataInfo", "TensorDataset", "SyntheticDataset", "ImageFileDataset", "build_datasets", "load_batches",
-           "training_batches", "TrainingStream", "Normalizer", "skipped_files", "skipped_files_all_ranks",
+           "training_batches", "TrainingStream", "Normalizer", "skipped_files", "skipped_files_all_ranks", "clear_skipped",
            "restore_skipped", "resolve_workers"]
 
 # Per-channel mean and std of the training images, in [0, 1] units.
@@ -193,13 +193,15 @@ class Normalizer:
     """uint8 ``(N, C, H, W)`` on any device -> normalised float on the training device."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
-                 channels_last: bool = False):
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32):
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
         self.inverse_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0)
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.dtype = dtype
+        self.mean, self.inverse_std = self.mean.to(dtype), self.inverse_std.to(dtype)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
-        out = (images.float() - self.mean) * self.inverse_std
+        out = (images.to(self.dtype) - self.mean) * self.inverse_std
         return out.contiguous(memory_format=self.memory_format)
