@@ -117,7 +117,7 @@ class RunConfig:
     compile: bool = option(False, "torch.compile the model for training (slow to start; faster steps on GPU)")
     channels_last: bool = option(True, "channels_last memory format for model and input (faster for "
                                  "convolutions on CPU and GPU)")
-    threads: int = option(0, "CPU threads per process (0: the cores divided among local processes)", min=0)
+    threads: int = option(0, "CPU threads per process (0: $OMP_NUM_THREADS, else the cores divided among local processes)", min=0)
     target_top1: float = option(0.0, "record when test top-1 first reaches this (0: off)", min=0.0, max=1.0)
     stop_at_target: bool = option(False, "stop the run once target_top1 is reached")
 

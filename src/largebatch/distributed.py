@@ -53,7 +53,10 @@ def setup(device: str = "auto", backend: str = "auto", threads: int = 0) -> Dist
     chosen_device = choose_device(device, local_rank)
     if chosen_device.type == "cuda":
         torch.cuda.set_device(chosen_device)
-    # Share the cores among the processes of a node rather than oversubscribing them.
+    # Share the cores among the processes of a node rather than oversubscribing them (OpenMP threads
+    # spin while waiting: two processes with all cores each run several times slower than one).
+    if not threads and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["OMP_NUM_THREADS"])
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world_size))
     context = DistributedContext(rank, world_size, local_rank, local_world_size, chosen_device)
     if world_size > 1:
