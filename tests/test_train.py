@@ -103,3 +103,22 @@ def test_batch_plan_splits_global_batch():
     from largebatch.errors import ConfigError
     with pytest.raises(ConfigError, match="divisible"):
         plan_batches(100, 3)
+
+
+def test_fit_micro_batch_halves_until_it_fits():
+    from largebatch.train import fit_micro_batch
+    tried = []
+
+    def try_size(size):
+        tried.append(size)
+        if size > 48:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    assert fit_micro_batch(256, try_size) == 32
+    assert tried == [256, 128, 64, 32]
+
+    def never(size):
+        raise torch.OutOfMemoryError("simulated")
+    from largebatch.errors import ConfigError
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        fit_micro_batch(4, never)

@@ -115,6 +115,8 @@ class RunConfig:
                             "CUDA, fp32 on CPU); fp64 for numerical checks",
                             choices=("auto", "fp32", "bf16", "fp16", "fp64"))
     compile: bool = option(False, "torch.compile the model for training (slow to start; faster steps on GPU)")
+    sync_batchnorm: bool = option(False, "BatchNorm statistics over all processes' micro-batches (SyncBatchNorm; "
+                                  "CUDA only). Default: per micro-batch, as in the paper")
     channels_last: bool = option(True, "channels_last memory format for model and input (faster for "
                                  "convolutions on CPU and GPU)")
     threads: int = option(0, "CPU threads per process (0: $OMP_NUM_THREADS, else the cores divided among local processes)", min=0)

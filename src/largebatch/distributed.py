@@ -97,12 +97,19 @@ def broadcast_object(value, context: DistributedContext):
     return holder[0]
 
 
-def wrap_model(model: nn.Module, context: DistributedContext, sync_batchnorm: bool = False) -> nn.Module:
+def use_sync_batchnorm(model: nn.Module, context: DistributedContext) -> nn.Module:
+    """Replace BatchNorm layers by SyncBatchNorm (statistics over all processes' micro-batches).
+    Call before building the optimizer; needs CUDA devices (torch has no CPU SyncBatchNorm)."""
+    if context.device.type != "cuda":
+        raise ConfigError("run.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm has no CPU kernel); "
+                          "use --no-sync-batchnorm on CPU")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model) if context.enabled else model
+
+
+def wrap_model(model: nn.Module, context: DistributedContext) -> nn.Module:
     """DistributedDataParallel around ``model`` when there are several processes."""
     if not context.enabled:
         return model
-    if sync_batchnorm:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     # Buffers (BN running stats) are broadcast from rank 0 at each forward by default; that is
     # what keeps evaluation identical on every rank.

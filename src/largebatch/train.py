@@ -66,6 +66,23 @@ def plan_batches(global_batch: int, world_size: int, micro_batch_size: int = 0,
     return BatchPlan(global_batch, world_size, per_process, micro, math.ceil(per_process / micro))
 
 
+def fit_micro_batch(micro_batch_size: int, try_micro_batch) -> int:
+    """The largest of ``micro_batch_size``, its half, quarter ... for which ``try_micro_batch(size)``
+    (one forward and backward pass) does not run out of device memory."""
+    size = micro_batch_size
+    while True:
+        try:
+            try_micro_batch(size)
+            return size
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise ConfigError("run.micro_batch_size: even one image per micro-batch does not fit in device "
+                                  "memory; use a smaller model or --image-size") from None
+            size //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
 def default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{config.recipe}-b{config.run.batch_size}-{config.optimizer.name}-s{config.run.seed}"
 
@@ -192,9 +209,26 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
     precision = Precision.build(run.precision, device)
     model = models.build(config.model.name, num_classes=info.num_classes, in_channels=info.channels,
                          zero_init_residual=config.model.zero_init_residual)
+    if run.sync_batchnorm:
+        model = distributed.use_sync_batchnorm(model, context)
     model = model.to(device=device, dtype=precision.parameter_dtype,
                      memory_format=torch.channels_last if run.channels_last else torch.preserve_format)
     batches = plan_batches(run.batch_size, context.world_size, run.micro_batch_size, device.type)
+    if device.type == "cuda" and not run.micro_batch_size:
+        # automatic micro-batch on a GPU: the default, halved until a forward/backward pass fits
+        def try_micro_batch(size: int) -> None:
+            images = torch.zeros(size, info.channels, info.image_size, info.image_size, dtype=torch.uint8)
+            forward_backward(model, [(images, torch.zeros(size, dtype=torch.long))], normalizer, precision, size, False)
+            model.zero_grad(set_to_none=True)
+        normalizer = Normalizer(info.mean, info.std, device, channels_last=run.channels_last,
+                                dtype=precision.parameter_dtype)
+        buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}  # BN statistics
+        fitted = fit_micro_batch(batches.micro_batch_size, try_micro_batch)
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+        if fitted != batches.micro_batch_size:
+            batches = plan_batches(run.batch_size, context.world_size, fitted, device.type)
     peak_lr = scaled_lr(config.optimizer.lr, run.batch_size, config.schedule.base_batch_size,
                         config.schedule.scaling)
     schedule = build_schedule(config.schedule, peak_lr, run.epochs, len(train_set), run.batch_size)
