@@ -78,3 +78,27 @@ def test_mini_study_runs_resumes_and_reports(tiny_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["study", str(path), "--out", str(out)]) == 0  # second time: everything skipped
     assert capsys.readouterr().out.count("complete, skipped") == 4
+
+
+def test_a_diverging_run_is_recorded_and_the_study_goes_on(tiny_data, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(f"""
+[study]
+batch_sizes = [128]
+epochs = 1
+[variants.sgd]
+optimizer = {{ name = "sgd", lr = 1e30 }}
+run = {{ micro_batch_size = 64, threads = 1 }}
+data = {{ data_dir = "{tiny_data}" }}
+[variants.lars]
+optimizer = {{ name = "lars", lr = 2.0 }}
+schedule = {{ warmup_epochs = 0.5 }}
+run = {{ micro_batch_size = 64, threads = 1 }}
+data = {{ data_dir = "{tiny_data}" }}
+""")
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out)]) == 0
+    rows = {r["optimizer"]: r for r in json.loads((out / "results.json").read_text())}
+    assert rows["sgd"]["diverged"] and rows["sgd"]["top1"] is None
+    assert not rows["lars"]["diverged"] and 0 <= rows["lars"]["top1"] <= 1
+    assert "| diverged |" in (out / "report.md").read_text()

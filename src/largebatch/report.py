@@ -42,19 +42,26 @@ def collect_runs(directory: Path) -> list[dict[str, Any]]:
             "optimizer": config["optimizer"]["name"],
             "augmentation": config["data"].get("augmentation", "none"),
             "seed": config["run"]["seed"],
-            "lr": summary.get("peak_lr"),
+            "lr": summary.get("peak_lr") if summary.get("peak_lr") is not None else _peak_lr(config, summary),
+            "diverged": bool(summary.get("diverged", False)),
             "top1": summary["top1"],
             "top5": summary["top5"],
             "best_top1": summary["best_top1"],
             "epochs": summary["epochs"],
             "steps": summary["steps"],
-            "wall_s": summary["wall_time_s"],
+            "wall_s": summary.get("wall_time_s", 0.0),
             "train_s": summary["train_time_s"],
             "images_per_s": summary["images_per_s"],
             "final_train_loss": _last_train_loss(run_dir),
         })
     rows.sort(key=lambda r: (r["variant"], r["augmentation"], r["batch_size"], r["seed"], r["lr"] or 0))
     return rows
+
+
+def _peak_lr(config: dict[str, Any], summary: dict[str, Any]) -> float:
+    from largebatch.schedule import scaled_lr
+    return scaled_lr(config["optimizer"]["lr"], summary["global_batch_size"], config["schedule"]["base_batch_size"],
+                     config["schedule"]["scaling"])
 
 
 def _last_train_loss(run_dir: Path) -> float | None:
@@ -68,8 +75,11 @@ def _last_train_loss(run_dir: Path) -> float | None:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ("| batch | optimizer | augmentation | seed | peak LR | top-1 | top-5 | epochs | steps | wall time | "
             "images/s |\n|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    def accuracy(value: float | None, row: dict[str, Any]) -> str:
+        return "diverged" if row["diverged"] else f"{100 * value:.2f}%"
+
     lines = [f"| {r['batch_size']} | {r['variant']} | {r['augmentation']} | {r['seed']} | {r['lr']:.4g} | "
-             f"{100 * r['top1']:.2f}% | {100 * r['top5']:.2f}% | {r['epochs']} | {r['steps']} | "
+             f"{accuracy(r['top1'], r)} | {accuracy(r['top5'], r)} | {r['epochs']} | {r['steps']} | "
              f"{r['wall_s'] / 60:.1f} min | {r['images_per_s']:,.0f} |" for r in rows]
     return head + "\n".join(lines) + "\n"
 
@@ -78,7 +88,8 @@ def summary_by_batch(rows: list[dict[str, Any]], key: str = "variant") -> dict[s
     """{variant or augmentation: {batch: [top1 of each seed]}}"""
     grouped: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        grouped[r[key]][r["batch_size"]].append(r["top1"])
+        if not r["diverged"]:
+            grouped[r[key]][r["batch_size"]].append(r["top1"])
     return grouped
 
 
@@ -98,6 +109,11 @@ def plot_top1_vs_batch(rows: list[dict[str, Any]], path: Path, key: str = "varia
         means = [100 * m for m, _ in stats]
         spreads = [100 * s for _, s in stats]
         ax.errorbar(batches, means, yerr=spreads if any(spreads) else None, marker="o", capsize=3, label=label)
+    diverged = [r for r in rows if r["diverged"]]
+    if diverged:
+        bottom = ax.get_ylim()[0]
+        ax.scatter([r["batch_size"] for r in diverged], [bottom] * len(diverged), marker="x", color="red",
+                   s=60, zorder=5, label="diverged", clip_on=False)
     ax.set_xscale("log", base=2)
     all_batches = sorted({r["batch_size"] for r in rows})
     ax.set_xticks(all_batches)
@@ -136,7 +152,7 @@ def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) 
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("test top-1 accuracy (%)")
-    low = min((100 * r["top1"] for r in rows), default=0)
+    low = min((100 * r["top1"] for r in rows if not r["diverged"]), default=0)
     axes[0][0].set_ylim(max(0.0, math.floor(low / 5) * 5 - 10), 100)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

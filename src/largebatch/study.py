@@ -135,7 +135,7 @@ def load_study(path_or_name: str, out: str = "") -> Study:
 
 def run_study(study: Study, only: str = "", dry_run: bool = False) -> list[Path]:
     """Run every incomplete run of the study in order; returns the run directories."""
-    from largebatch.train import train
+    from largebatch.train import DivergenceError, train
 
     study.out.mkdir(parents=True, exist_ok=True)
     (study.out / "study.toml").write_text(study.path.read_text(encoding="utf-8"), encoding="utf-8")
@@ -150,12 +150,36 @@ def run_study(study: Study, only: str = "", dry_run: bool = False) -> list[Path]
             continue
         print(f"[{index}/{len(study.runs)}] {run.name}: {'would run' if dry_run else 'running'}", flush=True)
         if not dry_run:
-            result = train(run.config, resume="auto")
+            try:
+                result = train(run.config, resume="auto")
+            except DivergenceError as error:  # a result of the study, not a failure of it
+                print(f"{run.name}: diverged: {error}", flush=True)
+                write_divergence_summary(run, out, error)
+                done.append(out)
+                continue
             if "stopped_at_step" in result:  # a signal stopped it: stop the study too
                 print("study stopped; run the same command again to resume", flush=True)
                 break
         done.append(out)
     return done
+
+
+def write_divergence_summary(run: StudyRun, out: Path, error) -> None:
+    """summary.json for a run whose loss became non-finite: the study records it and goes on."""
+    from largebatch.checkpoint import write_atomic
+    from largebatch.progress import read_metrics
+
+    records = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
+    evaluated = [r for r in records if r.get("top1") is not None]
+    summary = {"diverged": True, "diverged_at_step": error.step, "diverged_at_epoch": error.epoch,
+               "diverged_lr": error.lr, "message": str(error),
+               "top1": None, "top5": None, "best_top1": max((r["top1"] for r in evaluated), default=None),
+               "train_time_s": records[-1]["train_time_s"] if records else 0.0,
+               "wall_time_s": records[-1]["elapsed_s"] if records else 0.0,
+               "images_per_s": records[-1]["images_per_s"] if records else 0.0,
+               "epochs": run.config.run.epochs, "steps": error.step, "global_batch_size": run.batch_size,
+               "optimizer": run.config.optimizer.name}
+    write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def write_results(study_dir: Path) -> list[dict[str, Any]]:

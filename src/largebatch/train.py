@@ -37,7 +37,11 @@ from largebatch.schedule import build_schedule, scaled_lr
 
 
 class DivergenceError(UserError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite at ``step`` (learning rate ``lr``)."""
+
+    def __init__(self, message: str, step: int = -1, lr: float = float("nan"), epoch: float = float("nan")):
+        super().__init__(message)
+        self.step, self.lr, self.epoch = step, lr, epoch
 
 
 @dataclass(frozen=True)
@@ -311,7 +315,8 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
                 raise DivergenceError(
                     f"loss became {step_loss} at step {step} (epoch {sampler.epoch_at(step):.2f}, lr {lr:.4g}); "
                     "the learning rate is likely too high or the warmup too short: lower --lr or raise "
-                    "--warmup-epochs, then resume from the last checkpoint with --resume auto")
+                    "--warmup-epochs, then resume from the last checkpoint with --resume auto",
+                    step=step, lr=lr, epoch=sampler.epoch_at(step))
             # 4. the optimizer step (fp16: skipped when the scaled gradients overflowed), then drop the gradients
             if not precision.step(optimizer):
                 skipped_steps += 1
