@@ -1,0 +1,166 @@
+"""LAMB: layer-wise adaptive moments (You, Li, Reddi et al. 2019, "Large Batch Optimization for
+Deep Learning: Training BERT in 76 minutes", Algorithm 2), with the same two implementations as
+:mod:`largebatch.optim.lars`: multi-tensor by default, a per-tensor reference loop for tests."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from largebatch.optim.lars import _concatenate, _summary
+
+
+class LAMB(Optimizer):
+    r"""LAMB, per parameter tensor w with gradient g at step t (counted from 1):
+
+        m <- beta1 * m + (1 - beta1) * g            v <- beta2 * v + (1 - beta2) * g^2
+        m_hat = m / (1 - beta1^t)                   v_hat = v / (1 - beta2^t)
+        r = m_hat / (sqrt(v_hat) + eps) + weight_decay * w
+        trust = ||w|| / ||r||                       (1 where ||w|| or ||r|| is 0)
+        w <- w - lr * trust * r
+
+    The paper's scaling function phi is the identity unless ``trust_ratio_min`` /
+    ``trust_ratio_max`` bound the trust ratio. ``adapt=False`` (a group key) sets trust = 1
+    (Adam with decoupled weight decay for that group). There is no gradient clipping: clip
+    before calling ``step`` if you want it. :meth:`trust_ratios` holds the last step's trust
+    ratios of adapted tensors, on the device.
+    """
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
+                 trust_ratio_min: float = 0.0, trust_ratio_max: float = math.inf, adapt: bool = True,
+                 foreach: bool = True):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        trust_ratio_min=trust_ratio_min, trust_ratio_max=trust_ratio_max, adapt=adapt)
+        self.foreach = foreach
+        self._trust_ratios: list[Tensor] = []
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        _check_group(self.param_groups[-1])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One LAMB step over every parameter that has a gradient; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._trust_ratios = []
+        for group in self.param_groups:
+            _check_group(group)
+            by_device: dict[torch.device, tuple[list, list, list, list, list]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("LAMB does not support sparse gradients")
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = 0  # a Python int: bias corrections never read the device
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                params, grads, exp_avgs, exp_avg_sqs, steps = by_device.setdefault(p.device, ([], [], [], [], []))
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                steps.append(state["step"])
+            step = _multi_tensor_step if self.foreach else _reference_step
+            for params, grads, exp_avgs, exp_avg_sqs, steps in by_device.values():
+                ratios = step(params, grads, exp_avgs, exp_avg_sqs, steps, lr=group["lr"],
+                              betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+                              trust_ratio_min=group["trust_ratio_min"],
+                              trust_ratio_max=group["trust_ratio_max"], adapt=group["adapt"])
+                if group["adapt"]:
+                    self._trust_ratios.append(ratios)
+        return loss
+
+    def trust_ratios(self) -> Tensor | None:
+        """The last step's trust ratio of every adapted tensor that had a gradient (1-D, on the
+        device); None before the first step."""
+        return _concatenate(self._trust_ratios)
+
+    def trust_ratio_summary(self) -> Tensor | None:
+        """[min, median, max] of :meth:`trust_ratios` on the device; None when there is none."""
+        return _summary(self.trust_ratios())
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    beta1, beta2 = group["betas"]
+    if not isinstance(group["lr"], (int, float)) or group["lr"] < 0:
+        raise ValueError(f"LAMB: lr must be a number >= 0, got {group['lr']!r}")
+    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        raise ValueError(f"LAMB: betas must be in [0, 1), got {group['betas']}")
+    if group["eps"] <= 0 or group["weight_decay"] < 0:
+        raise ValueError("LAMB: eps must be > 0 and weight_decay >= 0")
+    if not 0.0 <= group["trust_ratio_min"] <= group["trust_ratio_max"]:
+        raise ValueError(f"LAMB: need 0 <= trust_ratio_min <= trust_ratio_max, got "
+                         f"{group['trust_ratio_min']} and {group['trust_ratio_max']}")
+
+
+def _bound(ratio: Tensor, trust_ratio_min: float, trust_ratio_max: float) -> Tensor:
+    if trust_ratio_min > 0 or trust_ratio_max < math.inf:
+        ratio = ratio.clamp(min=trust_ratio_min, max=trust_ratio_max)
+    return ratio
+
+
+def _reference_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                    exp_avg_sqs: list[Tensor], steps: list[int], *, lr: float, betas: tuple[float, float],
+                    eps: float, weight_decay: float, trust_ratio_min: float, trust_ratio_max: float,
+                    adapt: bool) -> Tensor:
+    """The step written per tensor, as in the class docstring; returns the trust ratio per tensor."""
+    beta1, beta2 = betas
+    ratios = []
+    for w, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        # r = m_hat / (sqrt(v_hat) + eps) + weight_decay * w, with m_hat = m / (1 - beta1^t) and
+        # sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2^t), in the multi-tensor step's order of operations
+        r = m / (v.sqrt() / math.sqrt(1 - beta2 ** t) + eps) / (1 - beta1 ** t)
+        r.add_(w, alpha=weight_decay)
+        if adapt:
+            weight_norm, update_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(r)
+            ratio = torch.where((weight_norm > 0) & (update_norm > 0), weight_norm / update_norm, 1.0)
+            ratio = _bound(ratio, trust_ratio_min, trust_ratio_max)
+        else:
+            ratio = torch.ones((), dtype=w.dtype, device=w.device)
+        ratios.append(ratio)
+        w.addcmul_(r, ratio * -lr)  # w <- w - lr * trust * r
+    return torch.stack(ratios)
+
+
+def _multi_tensor_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                       exp_avg_sqs: list[Tensor], steps: list[int], *, lr: float, betas: tuple[float, float],
+                       eps: float, weight_decay: float, trust_ratio_min: float, trust_ratio_max: float,
+                       adapt: bool) -> Tensor:
+    """The same step on all tensors of one device at once; returns the trust ratio per tensor."""
+    beta1, beta2 = betas
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    # r = (m / (1 - beta1^t)) / (sqrt(v) / sqrt(1 - beta2^t) + eps) + weight_decay * w
+    updates = torch._foreach_sqrt(exp_avg_sqs)  # sqrt(v), then sqrt(v_hat) + eps, then r
+    torch._foreach_div_(updates, [math.sqrt(1 - beta2 ** t) for t in steps])
+    torch._foreach_add_(updates, eps)
+    updates = torch._foreach_div(exp_avgs, updates)
+    torch._foreach_div_(updates, [1 - beta1 ** t for t in steps])
+    if weight_decay != 0:
+        torch._foreach_add_(updates, params, alpha=weight_decay)
+    if adapt:
+        weight_norms = torch.stack(torch._foreach_norm(params))
+        update_norms = torch.stack(torch._foreach_norm(updates))
+        ratios = torch.where((weight_norms > 0) & (update_norms > 0), weight_norms / update_norms, 1.0)
+        ratios = _bound(ratios, trust_ratio_min, trust_ratio_max)
+    else:
+        ratios = torch.ones(len(params), dtype=params[0].dtype, device=params[0].device)
+    torch._foreach_addcmul_(params, updates, list((ratios * -lr).unbind()))
+    return ratios
