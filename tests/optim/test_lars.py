@@ -306,6 +306,7 @@ def test_state_dict_round_trip_continues_identically(switches):
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)  # what checkpoint.load accepts
+    assert {key for entry in saved["optimizer"]["state"].values() for key in entry} == {"momentum_buffer"}
 
     resumed_model = models.build("fast_resnet", 10)
     resumed_model.load_state_dict(saved["model"])

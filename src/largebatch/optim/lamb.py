@@ -39,6 +39,9 @@ class LAMB(Optimizer):
                         trust_ratio_min=trust_ratio_min, trust_ratio_max=trust_ratio_max, adapt=adapt)
         self.foreach = foreach
         self._trust_ratios: list[Tensor] = []
+        # Per parameter, room for the update r: kept between steps and not saved, because
+        # allocating model-sized memory every step costs more than the arithmetic on a CPU.
+        self._workspace: dict[Tensor, Tensor] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -55,7 +58,7 @@ class LAMB(Optimizer):
         self._trust_ratios = []
         for group in self.param_groups:
             _check_group(group)
-            by_device: dict[torch.device, tuple[list, list, list, list, list]] = {}
+            by_device: dict[torch.device, tuple[list, ...]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -67,18 +70,24 @@ class LAMB(Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                params, grads, exp_avgs, exp_avg_sqs, steps = by_device.setdefault(p.device, ([], [], [], [], []))
+                params, grads, exp_avgs, exp_avg_sqs, steps, workspace = by_device.setdefault(
+                    p.device, ([], [], [], [], [], []))
+                if self.foreach:
+                    if p not in self._workspace:
+                        self._workspace[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+                    workspace.append(self._workspace[p])
                 params.append(p)
                 grads.append(p.grad)
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 steps.append(state["step"])
-            step = _multi_tensor_step if self.foreach else _reference_step
-            for params, grads, exp_avgs, exp_avg_sqs, steps in by_device.values():
-                ratios = step(params, grads, exp_avgs, exp_avg_sqs, steps, lr=group["lr"],
-                              betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                              trust_ratio_min=group["trust_ratio_min"],
-                              trust_ratio_max=group["trust_ratio_max"], adapt=group["adapt"])
+            options = {key: group[key] for key in ("lr", "betas", "eps", "weight_decay", "trust_ratio_min",
+                                                   "trust_ratio_max", "adapt")}
+            for params, grads, exp_avgs, exp_avg_sqs, steps, workspace in by_device.values():
+                if self.foreach:
+                    ratios = _multi_tensor_step(params, grads, exp_avgs, exp_avg_sqs, steps, workspace, **options)
+                else:
+                    ratios = _reference_step(params, grads, exp_avgs, exp_avg_sqs, steps, **options)
                 if group["adapt"]:
                     self._trust_ratios.append(ratios)
         return loss
@@ -120,11 +129,13 @@ def _reference_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Te
     beta1, beta2 = betas
     ratios = []
     for w, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
-        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        m.lerp_(g, 1 - beta1)  # beta1 * m + (1 - beta1) * g
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        # r = m_hat / (sqrt(v_hat) + eps) + weight_decay * w, with m_hat = m / (1 - beta1^t) and
-        # sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2^t), in the multi-tensor step's order of operations
-        r = m / (v.sqrt() / math.sqrt(1 - beta2 ** t) + eps) / (1 - beta1 ** t)
+        # r = m_hat / (sqrt(v_hat) + eps) + weight_decay * w with m_hat = m / c1, v_hat = v / c2,
+        # c1 = 1 - beta1^t, c2 = 1 - beta2^t; computed as m / (sqrt(v) * c1 / sqrt(c2) + eps * c1),
+        # in the multi-tensor step's order of operations
+        c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
+        r = v.sqrt().mul_(c1 / math.sqrt(c2)).add_(eps * c1).reciprocal_().mul_(m)
         r.add_(w, alpha=weight_decay)
         if adapt:
             weight_norm, update_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(r)
@@ -138,21 +149,24 @@ def _reference_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Te
 
 
 def _multi_tensor_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
-                       exp_avg_sqs: list[Tensor], steps: list[int], *, lr: float, betas: tuple[float, float],
+                       exp_avg_sqs: list[Tensor], steps: list[int], workspace: list[Tensor], *, lr: float,
+                       betas: tuple[float, float],
                        eps: float, weight_decay: float, trust_ratio_min: float, trust_ratio_max: float,
                        adapt: bool) -> Tensor:
     """The same step on all tensors of one device at once; returns the trust ratio per tensor."""
     beta1, beta2 = betas
-    torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-    # r = (m / (1 - beta1^t)) / (sqrt(v) / sqrt(1 - beta2^t) + eps) + weight_decay * w
-    updates = torch._foreach_sqrt(exp_avg_sqs)  # sqrt(v), then sqrt(v_hat) + eps, then r
-    torch._foreach_div_(updates, [math.sqrt(1 - beta2 ** t) for t in steps])
-    torch._foreach_add_(updates, eps)
-    updates = torch._foreach_div(exp_avgs, updates)
-    torch._foreach_div_(updates, [1 - beta1 ** t for t in steps])
+    # r = m / (sqrt(v) * c1 / sqrt(c2) + eps * c1) + weight_decay * w, built in the workspace
+    c1s, c2s = [1 - beta1 ** t for t in steps], [1 - beta2 ** t for t in steps]
+    updates = workspace
+    torch._foreach_copy_(updates, exp_avg_sqs)
+    torch._foreach_sqrt_(updates)
+    torch._foreach_mul_(updates, [c1 / math.sqrt(c2) for c1, c2 in zip(c1s, c2s)])
+    torch._foreach_add_(updates, [eps * c1 for c1 in c1s])
+    torch._foreach_reciprocal_(updates)
+    torch._foreach_mul_(updates, exp_avgs)
     if weight_decay != 0:
         torch._foreach_add_(updates, params, alpha=weight_decay)
     if adapt:

@@ -67,6 +67,10 @@ class LARS(Optimizer):
                         trust_ratio_min=trust_ratio_min, trust_ratio_max=trust_ratio_max, adapt=adapt)
         self.foreach = foreach
         self._trust_ratios: list[Tensor] = []
+        # Per parameter, room for g + beta * w in the variants that need it as a tensor of its own
+        # (norm_of_sum, Nesterov, no momentum): kept between steps, not saved, because allocating
+        # model-sized memory every step costs more than the arithmetic on a CPU.
+        self._workspace: dict[Tensor, Tensor] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -83,25 +87,34 @@ class LARS(Optimizer):
         self._trust_ratios = []
         for group in self.param_groups:
             _check_group(group)  # a group's values may have been changed since construction
-            for params, grads, buffers in self._tensors_by_device(group):
-                step = _multi_tensor_step if self.foreach else _reference_step
-                ratios = step(params, grads, buffers, **_options(group))
+            for params, grads, buffers, workspace in self._tensors_by_device(group):
+                if self.foreach:
+                    ratios = _multi_tensor_step(params, grads, buffers, workspace, **_options(group))
+                else:
+                    ratios = _reference_step(params, grads, buffers, **_options(group))
                 if group["adapt"]:
                     self._trust_ratios.append(ratios)
         return loss
 
-    def _tensors_by_device(self, group: dict[str, Any]) -> list[tuple[list[Tensor], list[Tensor], list[Tensor]]]:
-        """(params, grads, momentum buffers) of the group's parameters that have a gradient, one
-        triple per device; buffers start at zero ([L] Algorithm 1: v_0 = 0)."""
-        by_device: dict[torch.device, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
+    def _tensors_by_device(self, group: dict[str, Any]) -> list[tuple[list[Tensor], ...]]:
+        """(params, grads, momentum buffers, workspaces) of the group's parameters that have a
+        gradient, one tuple per device; buffers start at zero ([L] Algorithm 1: v_0 = 0)."""
+        needs_workspace = self.foreach and (
+            (group["adapt"] and group["trust_denominator"] == "norm_of_sum")
+            or group["nesterov"] or group["momentum"] == 0)
+        by_device: dict[torch.device, tuple[list[Tensor], ...]] = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError("LARS does not support sparse gradients")
-            params, grads, buffers = by_device.setdefault(p.device, ([], [], []))
+            params, grads, buffers, workspace = by_device.setdefault(p.device, ([], [], [], []))
             params.append(p)
             grads.append(p.grad)
+            if needs_workspace:
+                if p not in self._workspace:
+                    self._workspace[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+                workspace.append(self._workspace[p])
             if group["momentum"] != 0:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -183,7 +196,7 @@ def _reference_step(params: list[Tensor], grads: list[Tensor], buffers: list[Ten
             # v <- m * v + scale * (g + beta * w), summed term by term as the multi-tensor step does
             v = buffers[index]
             v.mul_(momentum)
-            if trust_denominator == "norm_of_sum":
+            if adapt and trust_denominator == "norm_of_sum":
                 v.addcmul_(decayed, scale)
             else:
                 v.addcmul_(g, scale)
@@ -203,19 +216,25 @@ def _reference_step(params: list[Tensor], grads: list[Tensor], buffers: list[Ten
     return torch.stack(ratios)
 
 
-def _multi_tensor_step(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], *, lr: float,
+def _multi_tensor_step(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor],
+                       workspace: list[Tensor], *, lr: float,
                        momentum: float, weight_decay: float, trust_coefficient: float, eps: float,
                        nesterov: bool, clip: bool, trust_denominator: str, lr_in_velocity: bool,
                        trust_ratio_min: float, trust_ratio_max: float, adapt: bool) -> Tensor:
-    """The same step on all tensors of one device at once; returns the local_lr per tensor."""
-    decayed = None  # g + beta * w, materialised only where a variant needs it
+    """The same step on all tensors of one device at once; returns the local_lr per tensor.
+    ``workspace`` is empty, or one tensor per parameter to hold g + beta * w."""
+    decayed = None
+    if workspace:  # the variants that need g + beta * w as a tensor (never written into p.grad)
+        torch._foreach_copy_(workspace, grads)
+        if weight_decay != 0:
+            torch._foreach_add_(workspace, params, alpha=weight_decay)
+        decayed = workspace
     if adapt:
         weight_norms = torch.stack(torch._foreach_norm(params))
         if trust_denominator == "sum_of_norms":
             gradient_norms = torch.stack(torch._foreach_norm(grads))
             ratios = trust_coefficient * weight_norms / (gradient_norms + weight_decay * weight_norms + eps)
         else:
-            decayed = torch._foreach_add(grads, params, alpha=weight_decay)
             gradient_norms = torch.stack(torch._foreach_norm(decayed))
             ratios = trust_coefficient * weight_norms / (gradient_norms + eps)
         ratios = torch.where((weight_norms > 0) & (gradient_norms > 0), ratios, 1.0)
@@ -236,9 +255,6 @@ def _multi_tensor_step(params: list[Tensor], grads: list[Tensor], buffers: list[
                 torch._foreach_addcmul_(buffers, params, list((scales * weight_decay).unbind()))
         update = buffers
     else:
-        if decayed is None:
-            decayed = (torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay != 0
-                       else torch._foreach_mul(grads, 1.0))  # a copy: never scale p.grad in place
         torch._foreach_mul_(decayed, list(scales.unbind()))
         update = decayed
         if momentum != 0:  # Nesterov: w <- w - (u + m * v)
