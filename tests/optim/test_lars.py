@@ -363,3 +363,27 @@ def test_trust_ratio_summary():
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
         LARS([torch.nn.Parameter(torch.zeros(2))], **{**BASE, **options})
+
+
+@pytest.mark.parametrize("clip, nesterov", [(False, False), (True, False), (False, True)])
+def test_lr_outside_the_velocity_equals_timm_lars(clip, nesterov):
+    """Where timm is installed: our torch-style variant is timm's Lars (eps 1e-8, dampening 0)."""
+    timm_optim = pytest.importorskip("timm.optim")
+    generator = torch.Generator().manual_seed(0)
+    initial = [torch.randn(6, 4, generator=generator, dtype=torch.float64),
+               torch.randn(4, generator=generator, dtype=torch.float64)]
+    ours = [torch.nn.Parameter(w.clone()) for w in initial]
+    theirs = [torch.nn.Parameter(w.clone()) for w in initial]
+    lars = LARS(ours, lr=0.5, momentum=0.9, weight_decay=1e-2, eps=1e-8, lr_in_velocity=False, clip=clip,
+                nesterov=nesterov)
+    timm_lars = timm_optim.Lars(theirs, lr=0.5, momentum=0.9, weight_decay=1e-2, trust_clip=clip, nesterov=nesterov)
+    for step in range(20):
+        for optimizer in (lars, timm_lars):
+            optimizer.param_groups[0]["lr"] = 0.5 / (step + 1)
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn(a.shape, generator=generator, dtype=torch.float64)
+            b.grad = a.grad.clone()
+        lars.step()
+        timm_lars.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
