@@ -4,7 +4,8 @@ Compared in the same run, steps interleaved round by round so that load from oth
 falls on all of them alike: torch.optim.SGD(foreach=True) as the baseline, our LARS (multi-tensor
 and reference loop), our LAMB, and timm's ``Lars`` when timm is importable or its lars.py is
 given with ``--timm-lars PATH`` (that file needs only torch). Prints a table of median step
-times with ratios to the baseline and writes JSON.
+times, their ratio to the baseline's median ("x SGD") and the median over rounds of the ratio
+within a round ("x SGD/round", steadier on a shared machine), and writes JSON.
 
     PYTHONPATH=src python benchmarks/optimizer_step.py --json optimizer_step.json
     PYTHONPATH=src python benchmarks/optimizer_step.py --device cuda --repeats 100
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per optimizer first")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--timm-lars", default=None, help="path to timm's optim/lars.py, if timm is not installed")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile(optimizer.step) of our multi-tensor LARS (compiles first)")
     parser.add_argument("--only", default="", help="comma-separated subset of the optimizer labels to run")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
@@ -121,45 +124,61 @@ def main() -> None:
         params = [torch.nn.Parameter(w.clone()) for w in initial]
         for p, g in zip(params, gradients):
             p.grad = g.clone() if writes_grad else g
-        runs[label] = (params, factory(params), writes_grad)
+        optimizer = factory(params)
+        runs[label] = (params, optimizer.step, writes_grad)
+    compile_s = None
+    if args.compile:
+        params = [torch.nn.Parameter(w.clone()) for w in initial]
+        for p, g in zip(params, gradients):
+            p.grad = g
+        step = torch.compile(LARS(params, lr=0.1, weight_decay=5e-4).step)
+        start = time.perf_counter()
+        step()  # compiles
+        synchronize(device)
+        compile_s = time.perf_counter() - start
+        runs["LARS multi-tensor, compiled (ours)"] = (params, step, False)
 
     times: dict[str, list[float]] = {label: [] for label in runs}
     load_before = os.getloadavg()
     for round_index in range(args.warmup + args.repeats):
-        for label, (params, optimizer, writes_grad) in runs.items():
+        for label, (params, step, writes_grad) in runs.items():
             if writes_grad:
                 for p, g in zip(params, gradients):
                     p.grad.copy_(g)
             synchronize(device)
             start = time.perf_counter()
-            optimizer.step()
+            step()
             synchronize(device)
             if round_index >= args.warmup:
                 times[label].append(time.perf_counter() - start)
     load_after = os.getloadavg()
 
-    baseline = statistics.median(times["torch SGD foreach (baseline)"])
+    baseline_samples = times["torch SGD foreach (baseline)"]
+    baseline = statistics.median(baseline_samples)
     rows = []
     for label, samples in times.items():
         median = statistics.median(samples)
+        # the ratio within each round as well: robust to load that changes between rounds
+        round_ratio = statistics.median(s / b for s, b in zip(samples, baseline_samples))
         rows.append({"optimizer": label, "median_ms": 1e3 * median, "min_ms": 1e3 * min(samples),
                      "max_ms": 1e3 * max(samples), "ratio_to_sgd": median / baseline,
-                     "samples_ms": [1e3 * s for s in samples]})
+                     "median_round_ratio_to_sgd": round_ratio, "samples_ms": [1e3 * s for s in samples]})
 
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print(f"one step over {len(shapes)} tensors, {values:,} values ({source}); {machine}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} steps after {args.warmup} warmup; "
-          f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
-    print(f"{'optimizer':32s} {'median ms':>10s} {'min ms':>8s} {'max ms':>8s} {'x SGD':>7s}")
+          f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}"
+          + (f"; torch.compile took {compile_s:.0f} s" if compile_s is not None else ""))
+    print(f"{'optimizer':36s} {'median ms':>10s} {'min ms':>8s} {'max ms':>8s} {'x SGD':>7s} {'x SGD/round':>12s}")
     for row in rows:
-        print(f"{row['optimizer']:32s} {row['median_ms']:10.1f} {row['min_ms']:8.1f} {row['max_ms']:8.1f} "
-              f"{row['ratio_to_sgd']:7.2f}")
+        print(f"{row['optimizer']:36s} {row['median_ms']:10.1f} {row['min_ms']:8.1f} {row['max_ms']:8.1f} "
+              f"{row['ratio_to_sgd']:7.2f} {row['median_round_ratio_to_sgd']:12.2f}")
     if args.json:
         result = {"device": str(device), "machine": machine, "torch": torch.__version__,
                   "threads": torch.get_num_threads(), "tensors": len(shapes), "values": values,
                   "shapes_from": source, "repeats": args.repeats, "warmup": args.warmup,
-                  "load_average_before": load_before, "load_average_after": load_after,
+                  "load_average_before": load_before, "load_average_after": load_after, "compile_s": compile_s,
                   "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "results": rows}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from largebatch.optim import LAMB
+from largebatch.optim import LAMB, multi_tensor
 
 FOREACH = pytest.mark.parametrize("foreach", [True, False], ids=["multi_tensor", "reference"])
 BASE = dict(lr=0.01, betas=(0.9, 0.999), eps=0.2, weight_decay=0.1)
@@ -80,7 +80,9 @@ def test_zero_weights_and_zero_gradients(foreach):
     close(optimizer.trust_ratios(), [1.0])
 
 
-def test_multi_tensor_equals_reference():
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 40], ids=["one_chunk", "chunks"])
+def test_multi_tensor_equals_reference(monkeypatch, chunk_elements):
+    monkeypatch.setattr(multi_tensor, "CPU_CHUNK_ELEMENTS", chunk_elements)
     generator = torch.Generator().manual_seed(0)
     shapes = [(8, 4, 3, 3), (8,), (8,), (5, 8), (5,)]
     initial = [torch.randn(s, generator=generator) for s in shapes]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from largebatch import models
-from largebatch.optim import LARS
+from largebatch.optim import LARS, multi_tensor
 
 FOREACH = pytest.mark.parametrize("foreach", [True, False], ids=["multi_tensor", "reference"])
 
@@ -132,8 +132,11 @@ SWITCHES = [combination for combination in itertools.product(
     if not (combination[2] and combination[4] == 0)]  # Nesterov needs momentum
 
 
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 40], ids=["one_chunk", "chunks"])
 @pytest.mark.parametrize("denominator, lr_in_velocity, nesterov, clip, momentum", SWITCHES)
-def test_multi_tensor_equals_reference(denominator, lr_in_velocity, nesterov, clip, momentum):
+def test_multi_tensor_equals_reference(monkeypatch, chunk_elements, denominator, lr_in_velocity, nesterov, clip,
+                                       momentum):
+    monkeypatch.setattr(multi_tensor, "CPU_CHUNK_ELEMENTS", chunk_elements)
     generator = torch.Generator().manual_seed(0)
     shapes = [(8, 4, 3, 3), (8,), (8,), (5, 8), (5,), (3,)]
     initial = [torch.randn(s, generator=generator) for s in shapes]

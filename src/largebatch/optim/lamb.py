@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from largebatch.optim.lars import _concatenate, _summary
+from largebatch.optim.multi_tensor import chunks, concatenate, summary
 
 
 class LAMB(Optimizer):
@@ -95,11 +95,11 @@ class LAMB(Optimizer):
     def trust_ratios(self) -> Tensor | None:
         """The last step's trust ratio of every adapted tensor that had a gradient (1-D, on the
         device); None before the first step."""
-        return _concatenate(self._trust_ratios)
+        return concatenate(self._trust_ratios)
 
     def trust_ratio_summary(self) -> Tensor | None:
         """[min, median, max] of :meth:`trust_ratios` on the device; None when there is none."""
-        return _summary(self.trust_ratios())
+        return summary(self.trust_ratios())
 
 
 def _check_group(group: dict[str, Any]) -> None:
@@ -149,11 +149,21 @@ def _reference_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Te
 
 
 def _multi_tensor_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
-                       exp_avg_sqs: list[Tensor], steps: list[int], workspace: list[Tensor], *, lr: float,
-                       betas: tuple[float, float],
-                       eps: float, weight_decay: float, trust_ratio_min: float, trust_ratio_max: float,
-                       adapt: bool) -> Tensor:
-    """The same step on all tensors of one device at once; returns the trust ratio per tensor."""
+                       exp_avg_sqs: list[Tensor], steps: list[int], workspace: list[Tensor],
+                       **options: Any) -> Tensor:
+    """The same step on the tensors of one device, many at a time (all at once on a GPU, a few
+    MB at a time on a CPU: see :func:`largebatch.optim.multi_tensor.chunks`); returns the trust
+    ratio per tensor. ``workspace`` holds one tensor per parameter for the update r."""
+    return torch.cat([_multi_tensor_chunk(params[start:end], grads[start:end], exp_avgs[start:end],
+                                          exp_avg_sqs[start:end], steps[start:end], workspace[start:end],
+                                          **options)
+                      for start, end in chunks(params)])
+
+
+def _multi_tensor_chunk(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                        exp_avg_sqs: list[Tensor], steps: list[int], workspace: list[Tensor], *, lr: float,
+                        betas: tuple[float, float], eps: float, weight_decay: float, trust_ratio_min: float,
+                        trust_ratio_max: float, adapt: bool) -> Tensor:
     beta1, beta2 = betas
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from largebatch.optim.multi_tensor import chunks, concatenate, summary
+
 TRUST_DENOMINATORS = ("sum_of_norms", "norm_of_sum")
 
 
@@ -125,12 +127,12 @@ class LARS(Optimizer):
     def trust_ratios(self) -> Tensor | None:
         """The last step's local_lr of every adapted tensor that had a gradient, as one 1-D tensor
         on the first parameter's device (no copy to the host); None before the first step."""
-        return _concatenate(self._trust_ratios)
+        return concatenate(self._trust_ratios)
 
     def trust_ratio_summary(self) -> Tensor | None:
         """[min, median, max] of :meth:`trust_ratios` as a 3-element tensor on the device (the
         median is the lower one for an even count); None when there is nothing to summarise."""
-        return _summary(self.trust_ratios())
+        return summary(self.trust_ratios())
 
 
 def _options(group: dict[str, Any]) -> dict[str, Any]:
@@ -217,12 +219,20 @@ def _reference_step(params: list[Tensor], grads: list[Tensor], buffers: list[Ten
 
 
 def _multi_tensor_step(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor],
-                       workspace: list[Tensor], *, lr: float,
-                       momentum: float, weight_decay: float, trust_coefficient: float, eps: float,
-                       nesterov: bool, clip: bool, trust_denominator: str, lr_in_velocity: bool,
-                       trust_ratio_min: float, trust_ratio_max: float, adapt: bool) -> Tensor:
-    """The same step on all tensors of one device at once; returns the local_lr per tensor.
-    ``workspace`` is empty, or one tensor per parameter to hold g + beta * w."""
+                       workspace: list[Tensor], **options: Any) -> Tensor:
+    """The same step on the tensors of one device, many at a time (all at once on a GPU, a few
+    MB at a time on a CPU: see :func:`largebatch.optim.multi_tensor.chunks`); returns the
+    local_lr per tensor. ``workspace`` is empty, or one tensor per parameter for g + beta * w."""
+    return torch.cat([_multi_tensor_chunk(params[start:end], grads[start:end], buffers[start:end],
+                                          workspace[start:end], **options)
+                      for start, end in chunks(params)])
+
+
+def _multi_tensor_chunk(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor],
+                        workspace: list[Tensor], *, lr: float, momentum: float, weight_decay: float,
+                        trust_coefficient: float, eps: float, nesterov: bool, clip: bool,
+                        trust_denominator: str, lr_in_velocity: bool, trust_ratio_min: float,
+                        trust_ratio_max: float, adapt: bool) -> Tensor:
     decayed = None
     if workspace:  # the variants that need g + beta * w as a tensor (never written into p.grad)
         torch._foreach_copy_(workspace, grads)
@@ -266,16 +276,3 @@ def _multi_tensor_step(params: list[Tensor], grads: list[Tensor], buffers: list[
     else:
         torch._foreach_add_(params, update, alpha=-lr)
     return ratios
-
-
-def _concatenate(tensors: list[Tensor]) -> Tensor | None:
-    if not tensors:
-        return None
-    device = tensors[0].device
-    return torch.cat([t.to(device, non_blocking=True) for t in tensors])
-
-
-def _summary(ratios: Tensor | None) -> Tensor | None:
-    if ratios is None or ratios.numel() == 0:
-        return None
-    return torch.stack([ratios.min(), ratios.median(), ratios.max()])
