@@ -390,3 +390,17 @@ def test_lr_outside_the_velocity_equals_timm_lars(clip, nesterov):
         timm_lars.step()
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_deepcopy_keeps_the_implementation_and_state(foreach):
+    p, optimizer = one_tensor(W, G, foreach=foreach, trust_denominator="norm_of_sum", **BASE)
+    optimizer.step()
+    copied = copy.deepcopy(optimizer)
+    assert copied.foreach == foreach
+    copied_p = copied.param_groups[0]["params"][0]
+    copied_p.grad = torch.tensor(G, dtype=torch.float64)
+    p.grad = torch.tensor(G, dtype=torch.float64)
+    optimizer.step()
+    copied.step()
+    assert torch.equal(p, copied_p)

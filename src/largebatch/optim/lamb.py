@@ -48,6 +48,14 @@ class LAMB(Optimizer):
         super().add_param_group(param_group)
         _check_group(self.param_groups[-1])
 
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle keep the implementation
+        return {**super().__getstate__(), "foreach": self.foreach}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("foreach", True)
+        self._trust_ratios, self._workspace = [], {}
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One LAMB step over every parameter that has a gradient; returns the closure's loss."""
@@ -164,6 +172,7 @@ def _multi_tensor_chunk(params: list[Tensor], grads: list[Tensor], exp_avgs: lis
                         exp_avg_sqs: list[Tensor], steps: list[int], workspace: list[Tensor], *, lr: float,
                         betas: tuple[float, float], eps: float, weight_decay: float, trust_ratio_min: float,
                         trust_ratio_max: float, adapt: bool) -> Tensor:
+    """:func:`_multi_tensor_step` on one chunk of tensors."""
     beta1, beta2 = betas
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)

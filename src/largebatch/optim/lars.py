@@ -1,9 +1,9 @@
 """LARS: Layer-wise Adaptive Rate Scaling (You, Gitman, Ginsburg 2017, Algorithm 1), the variants
 found in other code bases as explicit switches, and LARC clipping (NVIDIA apex).
 
-Two implementations of the same step: the default multi-tensor one (``torch._foreach_*``: the
-norms of all tensors of a group at once, every per-tensor factor kept on the device) and a
-per-tensor reference loop, written to be read and used by the tests. Neither modifies ``p.grad``,
+Two implementations of the same step: the default multi-tensor one (``torch._foreach_*`` over
+many tensors per call, every per-tensor factor kept on the device) and a per-tensor reference
+loop, written to be read and used by the tests; the two agree to the last bit. Neither modifies ``p.grad``,
 calls ``.item()`` or branches in Python on a tensor value, so a step never waits for the device.
 """
 
@@ -48,8 +48,8 @@ class LARS(Optimizer):
       1 included).
     - ``clip=True`` (LARC, apex and timm ``trust_clip``): the effective rate of a tensor is
       min(local_lr, lr), i.e. local_lr is replaced by min(local_lr / lr, 1). With LARC, local_lr
-      is itself a learning rate (apex's default eta is 0.02); the issue-tracker form
-      min(local_lr * lr, lr) is ``trust_ratio_max=1`` instead.
+      is itself a learning rate (apex's default eta is 0.02). A rate of min(lr * local_lr, lr),
+      which caps local_lr at 1, is ``trust_ratio_max=1`` instead.
     - ``adapt=False``: local_lr = 1 (plain momentum SGD for that group).
 
     ``foreach=False`` selects the per-tensor reference loop. After each step,
@@ -78,6 +78,14 @@ class LARS(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         _check_group(self.param_groups[-1])
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle keep the implementation
+        return {**super().__getstate__(), "foreach": self.foreach}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("foreach", True)
+        self._trust_ratios, self._workspace = [], {}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -233,6 +241,7 @@ def _multi_tensor_chunk(params: list[Tensor], grads: list[Tensor], buffers: list
                         trust_coefficient: float, eps: float, nesterov: bool, clip: bool,
                         trust_denominator: str, lr_in_velocity: bool, trust_ratio_min: float,
                         trust_ratio_max: float, adapt: bool) -> Tensor:
+    """:func:`_multi_tensor_step` on one chunk of tensors."""
     decayed = None
     if workspace:  # the variants that need g + beta * w as a tensor (never written into p.grad)
         torch._foreach_copy_(workspace, grads)
