@@ -146,3 +146,11 @@ def test_switches_are_recipe_keys_and_flags():
         assert flags[flag][0] == "optimizer"
     with pytest.raises(ConfigError, match="optimizer.trust_denominator: expected one of sum_of_norms, norm_of_sum"):
         build_config({"optimizer": {"trust_denominator": "sum"}})
+
+
+def test_config_offers_exactly_the_rules_and_denominators_the_optimizers_know():
+    from largebatch import config
+    from largebatch.optim import groups, lars
+    assert config.EXCLUSION_RULES == groups.EXCLUSION_RULES
+    fields = {f.name: f for f in config.section_fields("optimizer")}
+    assert fields["trust_denominator"].metadata["choices"] == lars.TRUST_DENOMINATORS
