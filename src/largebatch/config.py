@@ -73,15 +73,41 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = option("lars", "optimizer", choices=OPTIMIZERS, flag="optimizer")
+    """The optimizer and its switches (docs/optimizers.md gives each switch's formula and the peer
+    that uses it). The defaults are the published LARS (You, Gitman, Ginsburg 2017, Algorithm 1)."""
+
+    name: str = option("lars", "optimizer (larc: lars with LARC clipping of the local rate)", choices=OPTIMIZERS,
+                       flag="optimizer")
     lr: float = option(1.0, "peak learning rate; with a scaling rule, the rate at schedule.base_batch_size",
                        min=0.0, min_exclusive=True)
-    momentum: float = option(0.9, "momentum (LAMB: beta1 is betas[0] instead)", min=0.0, max=1.0)
+    momentum: float = option(0.9, "momentum m (SGD, LARS, LARC); LAMB's first-moment decay beta1", min=0.0,
+                             max=1.0)
     weight_decay: float = option(5e-4, "L2 weight decay beta", min=0.0)
-    nesterov: bool = option(False, "Nesterov momentum (SGD, LARS)")
+    nesterov: bool = option(False, "Nesterov momentum (SGD, LARS, LARC)")
     trust_coefficient: float = option(0.001, "LARS trust coefficient eta (You et al. 2017: 0.001)", min=0.0,
                                       min_exclusive=True)
-    eps: float = option(0.0, "LARS: added to the trust-ratio denominator; LAMB: Adam epsilon", min=0.0)
+    eps: float = option(0.0, "LARS/LARC: added to the trust-ratio denominator (paper: 0; timm, apex: 1e-8)",
+                        min=0.0)
+    trust_denominator: str = option(
+        "sum_of_norms", "LARS trust-ratio denominator: sum_of_norms ||g|| + beta*||w|| (paper), or "
+        "norm_of_sum ||g + beta*w|| (Facebook's self-supervised code)", choices=("sum_of_norms", "norm_of_sum"))
+    lr_in_velocity: bool = option(
+        True, "LARS: the global LR multiplies the update inside the momentum buffer (paper, TF, MLPerf, optax); "
+        "off: it multiplies the buffer (torch SGD style, timm, apex)")
+    trust_ratio_min: float = option(0.0, "lower bound on every trust ratio (LARS, LARC, LAMB; 0: none)", min=0.0)
+    trust_ratio_max: float = option(0.0, "upper bound on every trust ratio (LARS, LARC, LAMB; 0: none)", min=0.0)
+    skip_adaptation: str = option(
+        "none", "tensors that get no trust ratio (plain rate): none (paper), 1d (rank <= 1), bn_bias "
+        "(normalization layers and biases)", choices=EXCLUSION_RULES)
+    skip_adaptation_lr_scale: float = option(1.0, "LR multiplier for the tensors skip_adaptation selects", min=0.0)
+    skip_weight_decay: str = option(
+        "none", "tensors that get no weight decay: none (paper), 1d (rank <= 1), bn_bias (normalization "
+        "layers and biases)", choices=EXCLUSION_RULES)
+    skip_weight_decay_lr_scale: float = option(1.0, "LR multiplier for the tensors skip_weight_decay selects",
+                                               min=0.0)
+    lamb_beta2: float = option(0.999, "LAMB second-moment decay beta2 (beta1 is momentum)", min=0.0, max=1.0)
+    lamb_eps: float = option(1e-6, "LAMB: added to sqrt(v_hat) (You et al. 2019: 1e-6)", min=0.0,
+                             min_exclusive=True)
 
 
 @dataclass
