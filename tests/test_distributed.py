@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from largebatch import checkpoint
-from largebatch.progress import read_metrics
+from largebatch.progress import epoch_records, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def test_processes_equal_accumulation(tmp_path, cli_env, tiny_data, processes, m
     for key in one:
         torch.testing.assert_close(many[key], one[key], rtol=0, atol=1e-5, msg=key)
     # rank 0 alone writes: one record per epoch, evaluated over all test images exactly once
-    records = read_metrics(multi / "metrics.jsonl")
+    records = epoch_records(read_metrics(multi / "metrics.jsonl"))
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert records[-1]["test_images"] == 256
     summary = json.loads((multi / "summary.json").read_text())
@@ -87,7 +87,7 @@ def test_sigkill_then_resume_auto_equals_uninterrupted(tmp_path, cli_env):
     final_reference, final_resumed = parameters(reference), parameters(killed)
     for key in final_reference:
         assert torch.equal(final_reference[key], final_resumed[key]), key
-    records = read_metrics(killed / "metrics.jsonl")
+    records = epoch_records(read_metrics(killed / "metrics.jsonl"))
     assert [r["epoch"] for r in records] == [1, 2, 3]  # no duplicated or missing epoch
 
 

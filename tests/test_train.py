@@ -7,7 +7,7 @@ import torch
 
 from largebatch import checkpoint
 from largebatch.config import load_config
-from largebatch.progress import read_metrics
+from largebatch.progress import epoch_records, read_metrics
 from largebatch.train import DivergenceError, plan_batches, train
 
 SUMMARY_KEYS = {"top1", "top5", "best_top1", "train_time_s", "images_per_s", "epochs", "global_batch_size"}
@@ -33,7 +33,7 @@ def test_run_directory_has_config_metrics_summary_and_checkpoints(tiny_data, tmp
     summary = train(tiny_config(tiny_data, out))
     assert (out / "config.toml").is_file()
     assert load_config(str(out / "config.toml")).run.batch_size == 128  # the saved config is a recipe
-    records = read_metrics(out / "metrics.jsonl")
+    records = epoch_records(read_metrics(out / "metrics.jsonl"))
     assert [r["epoch"] for r in records] == [1, 2]
     for record in records:
         assert RECORD_KEYS <= set(record)
@@ -80,9 +80,9 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tiny_data, tmp_path,
 
     for key, value in final_weights(reference).items():
         assert torch.equal(value, final_weights(interrupted)[key]), key
-    records = read_metrics(interrupted / "metrics.jsonl")
+    records = epoch_records(read_metrics(interrupted / "metrics.jsonl"))
     assert [r["epoch"] for r in records] == [1, 2, 3]
-    reference_records = read_metrics(reference / "metrics.jsonl")
+    reference_records = epoch_records(read_metrics(reference / "metrics.jsonl"))
     assert [r["top1"] for r in records] == [r["top1"] for r in reference_records]
     assert [r["train_loss"] for r in records] == pytest.approx([r["train_loss"] for r in reference_records])
 
@@ -122,3 +122,14 @@ def test_fit_micro_batch_halves_until_it_fits():
     from largebatch.errors import ConfigError
     with pytest.raises(ConfigError, match="micro_batch_size"):
         fit_micro_batch(4, never)
+
+
+def test_step_records_log_trust_ratios_every_n_steps(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, epochs=1, log_every=2))
+    records = read_metrics(out / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [2, 4]
+    for r in steps:
+        assert 0 < r["trust_ratio_min"] <= r["trust_ratio_median"] <= r["trust_ratio_max"]
+    assert [r["epoch"] for r in epoch_records(records)] == [1]

@@ -134,6 +134,8 @@ class RunConfig:
     checkpoint_every: int = option(1, "save a checkpoint every N epochs (and at the end)", min=1)
     checkpoint_every_steps: int = option(0, "also save a checkpoint every N optimizer steps (0: off)", min=0)
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep", min=1)
+    log_every: int = option(50, "write a step record (loss, LR, trust ratios, noise scale) to metrics.jsonl every "
+                                "N steps (0: off)", min=0)
     device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
     backend: str = option("auto", "torch.distributed backend (auto: nccl on CUDA, gloo on CPU)",
                           choices=("auto", "gloo", "nccl"))

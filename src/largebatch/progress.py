@@ -88,5 +88,11 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every record of a metrics.jsonl: epoch records and, every ``log_every`` steps, step records."""
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def epoch_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The end-of-epoch records (``kind`` "epoch"): epoch, step, lr, train_loss, top1, top5 ..."""
+    return [r for r in records if r.get("kind", "epoch") == "epoch"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from largebatch.errors import UserError
-from largebatch.progress import read_metrics
+from largebatch.progress import epoch_records, read_metrics
 
 
 def find_run_dirs(directory: Path) -> list[Path]:
@@ -68,7 +68,7 @@ def _last_train_loss(run_dir: Path) -> float | None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    records = read_metrics(path)
+    records = epoch_records(read_metrics(path))
     return records[-1].get("train_loss") if records else None
 
 
@@ -142,7 +142,8 @@ def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) 
         for r in rows:
             if r["variant"] != variant:
                 continue
-            records = [m for m in read_metrics(Path(directory) / r["run"] / "metrics.jsonl") if m.get("top1") is not None]
+            records = [m for m in epoch_records(read_metrics(Path(directory) / r["run"] / "metrics.jsonl"))
+                       if m.get("top1") is not None]
             shade = batches.index(r["batch_size"]) / max(1, len(batches) - 1)
             label = f"B={r['batch_size']}" + (f" {r['augmentation']}" if len({x['augmentation'] for x in rows}) > 1 else "")
             ax.plot([m["epoch"] for m in records], [100 * m["top1"] for m in records], color=colormap(0.9 * shade),

@@ -167,9 +167,9 @@ def run_study(study: Study, only: str = "", dry_run: bool = False) -> list[Path]
 def write_divergence_summary(run: StudyRun, out: Path, error) -> None:
     """summary.json for a run whose loss became non-finite: the study records it and goes on."""
     from largebatch.checkpoint import write_atomic
-    from largebatch.progress import read_metrics
+    from largebatch.progress import epoch_records, read_metrics
 
-    records = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
+    records = epoch_records(read_metrics(out / "metrics.jsonl")) if (out / "metrics.jsonl").is_file() else []
     evaluated = [r for r in records if r.get("top1") is not None]
     summary = {"diverged": True, "diverged_at_step": error.step, "diverged_at_epoch": error.epoch,
                "diverged_lr": error.lr, "message": str(error),

@@ -30,9 +30,9 @@ from largebatch.data import (Normalizer, build_datasets, clear_skipped, restore_
 from largebatch.data.sampler import StreamSampler
 from largebatch.errors import CheckpointError, ConfigError, UserError
 from largebatch.evaluate import evaluate
-from largebatch.optim import build_optimizer
+from largebatch.optim import build_optimizer, describe_groups, trust_ratio_summary
 from largebatch.precision import Precision
-from largebatch.progress import MetricsLog, Progress
+from largebatch.progress import MetricsLog, Progress, epoch_records
 from largebatch.schedule import build_schedule, scaled_lr
 
 
@@ -248,7 +248,12 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
     state = find_resume_state(resume, out, device)
     if state is not None:
         load_model_state(model, state["model"], resume)
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint {resume}: its optimizer state does not fit this optimizer's parameter "
+                                  f"groups ({error}); resume with the optimizer settings of the run (skip_adaptation, "
+                                  "skip_weight_decay) or start a new run") from None
         if precision.scaler is not None and state.get("scaler"):
             precision.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
@@ -270,6 +275,7 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
                "test_images": len(test_set), "device": str(device), "precision": precision.name}
     progress.message(f"largebatch: {config.model.name} on {info.dataset}, {config.optimizer.name}, "
                      + ", ".join(f"{k} {v}" for k, v in derived.items()))
+    progress.message(describe_groups(optimizer, config.optimizer.name))
     if start_step:
         progress.message(f"resumed from step {start_step} (epoch {sampler.epoch_at(start_step):.2f})")
 
@@ -291,10 +297,10 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
                             workers=config.data.workers)
 
     best_top1, target_reached = max((r.get("top1") or 0.0 for r in records), default=0.0), None
-    for r in records:
+    for r in epoch_records(records):
         if target_reached is None and run.target_top1 and (r.get("top1") or 0) >= run.target_top1:
             target_reached = r
-    started = time.perf_counter() - (records[-1]["elapsed_s"] if records else 0.0)
+    started = time.perf_counter() - (epoch_records(records)[-1]["elapsed_s"] if epoch_records(records) else 0.0)
     step = start_step
     data_stream = training_batches(train_set, sampler, start_step, schedule.total_steps, context.rank,
                                    context.world_size, batches.accumulation_steps, workers=config.data.workers,
@@ -330,12 +336,20 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
             epoch_images += run.batch_size
             epoch_float = sampler.epoch_at(step)
             progress.step(step - 1, epoch_float, step_loss, lr, epoch_images / max(epoch_time, 1e-9))
+            if run.log_every and step % run.log_every == 0:
+                record = {"kind": "step", "step": step, "epoch": round(epoch_float, 4), "lr": lr, "loss": step_loss}
+                trust = trust_ratio_summary(optimizer)  # read every N steps only: it waits for the device
+                if trust is not None:
+                    record.update(zip(("trust_ratio_min", "trust_ratio_median", "trust_ratio_max"), trust.tolist()))
+                records.append(record)
+                log.append(record)
 
             # 5. at an epoch boundary: evaluate, log, checkpoint
             finished = step == schedule.total_steps
             if int(epoch_float + 1e-9) > int(sampler.epoch_at(step - 1) + 1e-9) or finished:
                 epoch = run.epochs if finished else int(epoch_float + 1e-9)
-                record = {"epoch": epoch, "step": step, "lr": lr, "train_loss": epoch_loss / epoch_steps,
+                record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr,
+                          "train_loss": epoch_loss / epoch_steps,
                           "top1": None, "top5": None, "images_per_s": epoch_images / max(epoch_time, 1e-9),
                           "elapsed_s": time.perf_counter() - started, "train_time_s": train_time}
                 if precision.scaler is not None:
@@ -363,7 +377,7 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
                                  f"largebatch train --recipe {out / 'config.toml'} --resume auto")
                 return {"stopped_at_step": step}
 
-    last = next((r for r in reversed(records) if r.get("top1") is not None), {})
+    last = next((r for r in reversed(epoch_records(records)) if r.get("top1") is not None), {})
     skipped_files = len(skipped_files_all_ranks())
     summary = {
         "top1": last.get("top1"), "top5": last.get("top5"), "best_top1": best_top1,
