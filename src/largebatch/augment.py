@@ -378,9 +378,21 @@ class BatchAugmenter:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int,
                  offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.settings
-        if not s.active:
+        if not self.settings.active:
             return images, labels
+        out, p = self._per_image(images, step, offset)
+        if self.settings.mixing:
+            return mix(out, labels, self.num_classes, p["cutmix"], p["mix_weight"], p["cut_center_x"],
+                       p["cut_center_y"])
+        return out, labels
+
+    def augment_images(self, images: torch.Tensor, step: int, offset: int = 0) -> torch.Tensor:
+        """The per-image part alone (crop, flip, colour, erasing; no mixing): the same for an image
+        whatever the micro-batch split."""
+        return self._per_image(images, step, offset)[0] if self.settings.active else images
+
+    def _per_image(self, images: torch.Tensor, step: int, offset: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        s = self.settings
         n = len(images)
         dtype = images.dtype if images.is_floating_point() else torch.float32
         p = {k: v.to(dtype) for k, v in self.parameters(step, offset, n, images.device).items()}
@@ -401,10 +413,7 @@ class BatchAugmenter:
             keys = (self.seed * 1_000_003 + step) * self.global_batch + positions
             out = random_erasing(out, p["erase"], p["erase_left"], p["erase_top"], p["erase_width"],
                                  p["erase_height"], hash_uniform(keys).mul(2 ** 31).long())
-        if s.mixing:
-            return mix(out, labels, self.num_classes, p["cutmix"], p["mix_weight"], p["cut_center_x"],
-                       p["cut_center_y"])
-        return out, labels
+        return out, p
 
 
 def batch_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

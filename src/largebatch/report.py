@@ -165,7 +165,7 @@ def _points(value: float | None, spread: float | None = None, signed: bool = Fal
     if value is None:
         return "-"
     text = f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
-    return text + (f" ± {100 * spread:.2f}" if spread else "")
+    return text + (f" ± {100 * spread:.2f}" if spread is not None else "")
 
 
 def augmentation_tables(rows: list[dict[str, Any]]) -> str:
@@ -190,9 +190,11 @@ def augmentation_tables(rows: list[dict[str, Any]]) -> str:
                      for b in batches]
             return f"**{variant}: {title}**\n\n" + header + "\n".join(lines) + "\n"
 
-        text.append(table("top-1 (%)", lambda g: f"{_points(g['mean'], g['std'])} (n={len(g['seeds'])})"))
+        text.append(table("top-1 (%)", lambda g: _points(g["mean"], g["std"] if len(g["seeds"]) > 1 else None)
+                          + f" (n={len(g['seeds'])})"))
         if "none" in levels and len(levels) > 1:
-            text.append(table("gain over none (points)", lambda g: _points(g["gain"], g["gain_std"], signed=True)))
+            text.append(table("gain over none (points)", lambda g: "reference" if g["augmentation"] == "none"
+                              else _points(g["gain"], g["gain_std"], signed=True)))
         text.append(table(f"change from batch {batches[0]}, same level (points)",
                           lambda g: _points(g["vs_smallest"], signed=True)))
     return "\n".join(text)
