@@ -221,10 +221,11 @@ def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]], path: Path) -
                 continue
             # a small sideways offset per level (in log2 units) keeps the error bars apart
             offset = 2 ** (0.04 * (index - (len(levels) - 1) / 2))
-            seeds = max(len(g["seeds"]) for g in mine)
+            counts = sorted({len(g["seeds"]) for g in mine})
+            seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
             ax.errorbar([g["batch_size"] * offset for g in mine], [100 * g["mean"] for g in mine],
                         yerr=[100 * g["std"] for g in mine], marker=markers[index % len(markers)], capsize=3,
-                        label=f"{level} (up to {seeds} seed{'s' if seeds > 1 else ''})")
+                        label=f"{level} ({seeds} seed{'s' if counts[-1] > 1 else ''})")
         ax.set_xscale("log", base=2)
         ax.set_xticks(all_batches)
         ax.set_xticklabels([str(b) for b in all_batches])
