@@ -332,7 +332,7 @@ def mix(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cutmix: to
     kept = torch.where(cutmix, 1 - (x1 - x0) * (y1 - y0) / (h * w), weight).to(images.dtype)
     inside = _box_mask(h, w, x0, y0, x1, y1)
     keep_map = torch.where(cutmix.view(n, 1, 1, 1), (~inside).to(images.dtype), kept.view(n, 1, 1, 1))
-    out = images * keep_map + partner * (1 - keep_map)
+    out = torch.lerp(partner, images, keep_map)  # partner + keep * (image - partner)
     one_hot = F.one_hot(labels, num_classes).to(images.dtype)
     kept = kept.view(n, 1)
     return out, kept * one_hot + (1 - kept) * one_hot.flip(0)
