@@ -86,12 +86,16 @@ def small_images(device: torch.device, batch: int, steps: int, repeats: int) -> 
                 if repeat:
                     rates[(kind, level)].append(count * batch / (clock.now() - start))
     rows = []
-    step_none = statistics.median(rates[("step", "none")])
     for level in LEVELS:
         augment_rate = statistics.median(rates[("augment", level)])
         step_rate = statistics.median(rates[("step", level)])
+        # paired: this level's rate over none's in the same round, so that slow drifts of the
+        # machine's load cancel
+        ratios = [a / b for a, b in zip(rates[("step", level)], rates[("step", "none")])]
         rows.append({"level": level, "batch": batch, "augment_images_per_s": round(augment_rate),
-                     "step_images_per_s": round(step_rate), "step_ratio_vs_none": round(step_rate / step_none, 3),
+                     "step_images_per_s": round(step_rate), "step_ratio_vs_none": round(statistics.median(ratios), 3),
+                     "step_ratio_quartiles": [round(q, 3) for q in statistics.quantiles(ratios, n=4)]
+                     if len(ratios) > 1 else None,
                      "augment_share_of_step": round(step_rate / augment_rate, 4),
                      "step_runs": [round(r) for r in rates[("step", level)]]})
     return rows
@@ -99,8 +103,12 @@ def small_images(device: torch.device, batch: int, steps: int, repeats: int) -> 
 
 def imagenet_workers(folder: Path, count: int, batch: int, repeats: int) -> list[dict]:
     names = write_images(folder, count, 500, 375)
-    datasets = {level: ImageFileDataset(folder, names, [0] * len(names), train_transform(level, 224), seed=0)
-                for level in ("none", "minimal", "extended")}
+    transforms = {"none": train_transform("none", 224), "minimal": train_transform("minimal", 224),
+                  "extended, crop + flip only": train_transform("extended", 224, color_jitter=0.0, lighting=0.0),
+                  "extended, + colour jitter": train_transform("extended", 224, lighting=0.0),
+                  "extended": train_transform("extended", 224)}
+    datasets = {level: ImageFileDataset(folder, names, [0] * len(names), transform, seed=0)
+                for level, transform in transforms.items()}
     rates: dict[str, list[float]] = {level: [] for level in datasets}
     for repeat in range(repeats + 1):  # the first round warms the page cache
         for level, dataset in datasets.items():
@@ -137,8 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch", type=int, default=0, help="small-image micro-batch (0: 128 on CPU, 256 on CUDA)")
-    parser.add_argument("--steps", type=int, default=0, help="training steps per level and round (0: 6 CPU, 50 CUDA)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=0, help="training steps per level and round (0: 3 CPU, 50 CUDA)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds for the ImageNet parts")
+    parser.add_argument("--rounds", type=int, default=12, help="rounds of the small-image part, levels interleaved")
     parser.add_argument("--jpegs", type=int, default=60, help="ImageNet-size JPEGs per round")
     parser.add_argument("--skip-imagenet", action="store_true")
     parser.add_argument("--json", default="", help="write the results here")
@@ -151,17 +160,19 @@ def main() -> None:
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     batch = args.batch or (256 if device.type == "cuda" else 128)
-    steps = args.steps or (50 if device.type == "cuda" else 6)
-    small = small_images(device, batch, steps, args.repeats)
+    steps = args.steps or (50 if device.type == "cuda" else 3)
+    small = small_images(device, batch, steps, args.rounds)
 
     unit = "images per CPU-second, 1 thread" if device.type == "cpu" else "images/s"
     print(f"\n1. 28x28 batches on {device}: augmentation alone and a fast_resnet training step "
-          f"(micro-batch {batch}; {unit}; median of {args.repeats})\n")
-    print("| level | augmentation alone | training step | step vs none | augmentation share of the step |")
+          f"(micro-batch {batch}, {steps} steps per level per round; {unit}; median of {args.rounds} rounds)\n")
+    print("| level | augmentation alone | training step | step vs none (quartiles) | augmentation share of the step |")
     print("|---|---:|---:|---:|---:|")
     for r in small:
+        quartiles = r["step_ratio_quartiles"]
+        spread = f" ({quartiles[0]:.2f}-{quartiles[2]:.2f})" if quartiles else ""
         print(f"| {r['level']} | {r['augment_images_per_s']:,} | {r['step_images_per_s']:,} | "
-              f"{r['step_ratio_vs_none']:.2f}x | {100 * r['augment_share_of_step']:.1f}% |")
+              f"{r['step_ratio_vs_none']:.2f}x{spread} | {100 * r['augment_share_of_step']:.1f}% |")
     result = {"device": str(device), "small_images": small}
 
     if not args.skip_imagenet:
