@@ -46,6 +46,8 @@ def test_each_level_keeps_shapes_dtypes_and_pixel_range(level, channels, size):
 
 
 def test_level_settings_follow_the_documented_table():
+    from largebatch.config import AUGMENTATIONS
+    assert A.LEVELS == AUGMENTATIONS  # the levels --augmentation accepts
     minimal28 = A.level_settings("minimal", 28, 1)
     assert (minimal28.padding, minimal28.flip, minimal28.resized_crop) == (2, True, False)
     assert A.level_settings("minimal", 32, 3).padding == 4  # He et al. 2016 on CIFAR
@@ -143,6 +145,9 @@ def test_random_erasing_fills_only_the_box_with_random_pixels():
     assert (erased != 7).float().mean() > 0.9 and erased.min() >= 0 and erased.max() < 255
     assert len(torch.unique(erased)) > 15  # noise, not a constant
     assert out[1].eq(7).all()  # erase = 0: untouched
+    host = A.random_erasing(images, np.array([True, False]), torch.tensor([0.2, 0.2]), torch.tensor([0.3, 0.3]),
+                            torch.tensor([0.4, 0.4]), torch.tensor([0.5, 0.5]), torch.tensor([11, 12]))
+    assert torch.equal(host, out)  # the erase flags may come from the host table
 
 
 def test_hash_noise_is_uniform_enough_and_deterministic():
@@ -272,7 +277,7 @@ def test_the_step_generator_depends_on_seed_and_step_only():
 def test_the_training_loop_uses_the_augmenter():
     from largebatch import train
     if "augmenter" not in inspect.signature(train.forward_backward).parameters:
-        pytest.skip("train.forward_backward does not take an augmenter yet (wiring: docs/augmentation.md)")
+        pytest.skip("train.forward_backward does not take an augmenter yet (not wired into train.py)")
     from largebatch.data import Normalizer
     from largebatch.precision import Precision
 

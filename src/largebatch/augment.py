@@ -190,11 +190,13 @@ def draw_parameters(settings: LevelSettings, global_batch: int, seed: int, step:
         put("erase_left", rng.uniform(0, 1, n) * (1 - width))
         put("erase_top", rng.uniform(0, 1, n) * (1 - height))
     if settings.mixing:
-        cutmix = rng.uniform(0, 1, n) < settings.cutmix_probability if settings.cutmix_alpha else np.zeros(n, bool)
-        if not settings.mixup_alpha:
-            cutmix[:] = True
-        mixup_weight = rng.beta(settings.mixup_alpha, settings.mixup_alpha, n) if settings.mixup_alpha else np.ones(n)
-        cutmix_weight = rng.beta(settings.cutmix_alpha, settings.cutmix_alpha, n) if settings.cutmix_alpha else np.ones(n)
+        mixup_alpha, cutmix_alpha = settings.mixup_alpha, settings.cutmix_alpha
+        if mixup_alpha and cutmix_alpha:
+            cutmix = rng.uniform(0, 1, n) < settings.cutmix_probability
+        else:
+            cutmix = np.full(n, bool(cutmix_alpha))
+        mixup_weight = rng.beta(mixup_alpha, mixup_alpha, n) if mixup_alpha else np.ones(n)
+        cutmix_weight = rng.beta(cutmix_alpha, cutmix_alpha, n) if cutmix_alpha else np.ones(n)
         put("cutmix", cutmix)
         put("mix_weight", np.where(cutmix, cutmix_weight, mixup_weight))
         put("cut_center_x", rng.uniform(0, 1, n))
@@ -293,13 +295,17 @@ def hash_uniform(keys: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32) / 4294967296.0
 
 
-def random_erasing(images: torch.Tensor, erase: torch.Tensor, left: torch.Tensor, top: torch.Tensor,
+def random_erasing(images: torch.Tensor, erase: torch.Tensor | np.ndarray, left: torch.Tensor, top: torch.Tensor,
                    width: torch.Tensor, height: torch.Tensor, noise_keys: torch.Tensor) -> torch.Tensor:
     """Zhong et al. 2020: where ``erase``, replace the box (fractions of the side) by uniform random
     pixels in [0, 255]; ``noise_keys`` (N,) int64 seed each image's noise. Only the erased images
-    get noise computed (a quarter of them at the strong level)."""
+    get noise computed (a quarter of them at the strong level); ``erase`` may be a host array,
+    which spares a GPU the synchronisation of finding them."""
     n, c, h, w = images.shape
-    chosen = torch.nonzero(erase.bool()).flatten()
+    if isinstance(erase, np.ndarray):
+        chosen = torch.from_numpy(np.flatnonzero(erase)).to(images.device)
+    else:
+        chosen = torch.nonzero(erase.bool()).flatten()
     if not len(chosen):
         return images
     x0, y0 = (left[chosen] * w).floor(), (top[chosen] * h).floor()
@@ -333,7 +339,8 @@ def mix(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cutmix: to
     inside = _box_mask(h, w, x0, y0, x1, y1)
     keep_map = torch.where(cutmix.view(n, 1, 1, 1), (~inside).to(images.dtype), kept.view(n, 1, 1, 1))
     out = torch.lerp(partner, images, keep_map)  # partner + keep * (image - partner)
-    one_hot = F.one_hot(labels, num_classes).to(images.dtype)
+    # scatter, not F.one_hot: no range check, so no device-to-host synchronisation on a GPU
+    one_hot = torch.zeros(n, num_classes, dtype=images.dtype, device=images.device).scatter_(1, labels.view(n, 1), 1.0)
     kept = kept.view(n, 1)
     return out, kept * one_hot + (1 - kept) * one_hot.flip(0)
 
@@ -373,14 +380,17 @@ class BatchAugmenter:
 
     def parameters(self, step: int, offset: int, count: int, device: torch.device) -> dict[str, torch.Tensor]:
         """The random choices of images ``offset .. offset + count - 1`` of ``step``'s global batch."""
+        rows = torch.from_numpy(self._host_rows(step, offset, count)).to(device, non_blocking=True)
+        return {name: rows[:, index] for index, name in enumerate(_COLUMNS)}
+
+    def _host_rows(self, step: int, offset: int, count: int) -> np.ndarray:
         if offset < 0 or offset + count > self.global_batch:
             raise ValueError(f"images {offset}..{offset + count - 1} are outside the global batch of "
                              f"{self.global_batch}")
         if step != self._cached_step:  # drawn once per step, for the whole global batch
             self._table = draw_parameters(self.settings, self.global_batch, self.seed, step)
             self._cached_step = step
-        rows = torch.from_numpy(self._table[offset:offset + count]).to(device, non_blocking=True)
-        return {name: rows[:, index] for index, name in enumerate(_COLUMNS)}
+        return self._table[offset:offset + count]
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int,
                  offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -417,7 +427,8 @@ class BatchAugmenter:
         if s.erasing:
             positions = torch.arange(offset, offset + n, device=images.device, dtype=torch.int64)
             keys = (self.seed * 1_000_003 + step) * self.global_batch + positions
-            out = random_erasing(out, p["erase"], p["erase_left"], p["erase_top"], p["erase_width"],
+            erase = self._host_rows(step, offset, n)[:, _COLUMN["erase"]] > 0
+            out = random_erasing(out, erase, p["erase_left"], p["erase_top"], p["erase_width"],
                                  p["erase_height"], hash_uniform(keys).mul(2 ** 31).long())
         return out, p
 
