@@ -2,8 +2,11 @@
 
 ``largebatch report DIR`` accepts a run directory or a study directory (any folder holding run
 directories). It writes ``report.md``, ``results.json``, ``top1_vs_batch.png`` (top-1 against
-batch size on a log2 axis, one line per optimizer variant, or per augmentation level) and
-``top1_vs_epoch.png`` (test top-1 against epoch for every run) into DIR (or ``--out``).
+batch size on a log2 axis, one line per optimizer variant, or per variant and augmentation
+level) and ``top1_vs_epoch.png`` (test top-1 against epoch for every run) into DIR (or
+``--out``). When the runs use several augmentation levels, the report adds the gain of each
+level over ``none`` per batch size with the spread over seeds (:func:`augmentation_tables`) and
+``top1_vs_batch_augmentation.png`` (one line per level, error bars over seeds).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from largebatch.config import AUGMENTATIONS
 from largebatch.errors import UserError
 from largebatch.progress import epoch_records, read_metrics
 
@@ -84,12 +88,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def summary_by_batch(rows: list[dict[str, Any]], key: str = "variant") -> dict[str, dict[int, list[float]]]:
-    """{variant or augmentation: {batch: [top1 of each seed]}}"""
+def summary_by_batch(rows: list[dict[str, Any]], key: str | tuple[str, ...] = "variant"
+                     ) -> dict[str, dict[int, list[float]]]:
+    """{variant or augmentation (or several keys joined by " / "): {batch: [top1 of each seed]}}"""
+    keys = (key,) if isinstance(key, str) else key
     grouped: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if not r["diverged"]:
-            grouped[r[key]][r["batch_size"]].append(r["top1"])
+            grouped[" / ".join(str(r[k]) for k in keys)][r["batch_size"]].append(r["top1"])
     return grouped
 
 
@@ -97,7 +103,8 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def plot_top1_vs_batch(rows: list[dict[str, Any]], path: Path, key: str = "variant", title: str = "") -> None:
+def plot_top1_vs_batch(rows: list[dict[str, Any]], path: Path, key: str | tuple[str, ...] = "variant",
+                       title: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,7 +130,129 @@ def plot_top1_vs_batch(rows: list[dict[str, Any]], path: Path, key: str = "varia
     epochs = sorted({r["epochs"] for r in rows})
     ax.set_title(title or f"Top-1 versus batch size ({', '.join(map(str, epochs))} epochs)")
     ax.grid(True, alpha=0.3)
-    ax.legend(title=key)
+    ax.legend(title=key if isinstance(key, str) else " / ".join(key))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation levels (a study with several data.augmentation values)
+
+def augmentation_levels(rows: list[dict[str, Any]]) -> list[str]:
+    """The augmentation levels present, in the order none, minimal, extended, strong."""
+    present = {r["augmentation"] for r in rows}
+    return [a for a in AUGMENTATIONS if a in present] + sorted(present - set(AUGMENTATIONS))
+
+
+def augmentation_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (variant, batch size, level): top-1 over seeds and its gain over ``none``.
+
+    ``mean``/``std``: test top-1 over the seeds (std 0 with one seed); ``gain``: mean of the level
+    minus mean of ``none`` at the same variant and batch size; ``gain_std``: sqrt(std_level^2 +
+    std_none^2), the spread of a difference of two single runs (None with one seed each);
+    ``vs_smallest``: mean minus the same level's mean at the variant's smallest batch size.
+    All in fractions (0.01 = 1 point)."""
+    cells: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if not r["diverged"]:
+            cells[(r["variant"], r["batch_size"], r["augmentation"])].append(r)
+    stats = {k: _mean_spread([r["top1"] for r in v]) for k, v in cells.items()}
+    smallest = {}
+    for variant, batch, _ in cells:
+        smallest[variant] = min(batch, smallest.get(variant, batch))
+    levels = augmentation_levels(rows)
+    out = []
+    for (variant, batch, level), runs in sorted(cells.items(), key=lambda item: (
+            item[0][0], item[0][1], levels.index(item[0][2]))):
+        mean, std = stats[(variant, batch, level)]
+        none = stats.get((variant, batch, "none"))
+        base = stats.get((variant, smallest[variant], level))
+        several = len(runs) > 1 or len(cells.get((variant, batch, "none"), [])) > 1
+        out.append({"variant": variant, "batch_size": batch, "augmentation": level,
+                    "seeds": sorted(r["seed"] for r in runs), "mean": mean, "std": std,
+                    "gain": mean - none[0] if none else None,
+                    "gain_std": math.hypot(std, none[1]) if none and several else None,
+                    "vs_smallest": mean - base[0] if base else None,
+                    "epochs": sorted({r["epochs"] for r in runs})})
+    return out
+
+
+def _points(value: float | None, spread: float | None = None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    text = f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    return text + (f" ± {100 * spread:.2f}" if spread is not None else "")
+
+
+def augmentation_tables(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per variant, top-1 by batch size and level (mean ± std over seeds), the gain of
+    each level over ``none``, and each level's change from the smallest batch size."""
+    gains = augmentation_gains(rows)
+    levels = augmentation_levels(rows)
+    text = ["## Augmentation levels\n",
+            "Test top-1 in %, mean ± standard deviation over seeds (n = number of seeds). Gain: mean of "
+            "the level minus mean of `none` at the same batch size, in points; ± is sqrt(std_level² + "
+            "std_none²), the spread of the difference of two single runs (no ± with one seed). "
+            "Change from the smallest batch: the level's mean minus its own mean at the smallest batch "
+            "size.\n"]
+    for variant in sorted({g["variant"] for g in gains}):
+        mine = [g for g in gains if g["variant"] == variant]
+        batches = sorted({g["batch_size"] for g in mine})
+        cell = {(g["batch_size"], g["augmentation"]): g for g in mine}
+        header = "| batch | " + " | ".join(levels) + " |\n|---:|" + "---:|" * len(levels) + "\n"
+
+        def table(title: str, render) -> str:
+            lines = [f"| {b} | " + " | ".join(render(cell[(b, a)]) if (b, a) in cell else "-" for a in levels) + " |"
+                     for b in batches]
+            return f"**{variant}: {title}**\n\n" + header + "\n".join(lines) + "\n"
+
+        text.append(table("top-1 (%)", lambda g: _points(g["mean"], g["std"] if len(g["seeds"]) > 1 else None)
+                          + f" (n={len(g['seeds'])})"))
+        if "none" in levels and len(levels) > 1:
+            text.append(table("gain over none (points)", lambda g: "reference" if g["augmentation"] == "none"
+                              else _points(g["gain"], g["gain_std"], signed=True)))
+        text.append(table(f"change from batch {batches[0]}, same level (points)",
+                          lambda g: _points(g["vs_smallest"], signed=True)))
+    return "\n".join(text)
+
+
+def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]], path: Path) -> None:
+    """Top-1 against batch size, one line per augmentation level (error bars: std over seeds),
+    one panel per variant."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gains = augmentation_gains(rows)
+    variants = sorted({g["variant"] for g in gains})
+    levels = augmentation_levels(rows)
+    fig, axes = plt.subplots(1, len(variants), figsize=(7 * len(variants), 4.8), squeeze=False, sharey=True)
+    all_batches = sorted({g["batch_size"] for g in gains})
+    markers = "osD^v<>"
+    for ax, variant in zip(axes[0], variants):
+        for index, level in enumerate(levels):
+            mine = sorted((g for g in gains if g["variant"] == variant and g["augmentation"] == level),
+                          key=lambda g: g["batch_size"])
+            if not mine:
+                continue
+            # a small sideways offset per level (in log2 units) keeps the error bars apart
+            offset = 2 ** (0.04 * (index - (len(levels) - 1) / 2))
+            counts = sorted({len(g["seeds"]) for g in mine})
+            seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+            ax.errorbar([g["batch_size"] * offset for g in mine], [100 * g["mean"] for g in mine],
+                        yerr=[100 * g["std"] for g in mine], marker=markers[index % len(markers)], capsize=3,
+                        label=f"{level} ({seeds} seed{'s' if counts[-1] > 1 else ''})")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_batches)
+        ax.set_xticklabels([str(b) for b in all_batches])
+        ax.minorticks_off()
+        ax.set_xlabel("global batch size (images per step, log2 scale)")
+        epochs = sorted({e for g in gains if g["variant"] == variant for e in g["epochs"]})
+        ax.set_title(f"{variant}: top-1 versus batch size by augmentation ({', '.join(map(str, epochs))} epochs)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="augmentation level")
+    axes[0][0].set_ylabel("test top-1 accuracy (%), mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -138,6 +267,8 @@ def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) 
     fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4.2), squeeze=False, sharey=True)
     colormap = plt.get_cmap("viridis")
     batches = sorted({r["batch_size"] for r in rows})
+    levels = augmentation_levels(rows)
+    styles = ("-", "--", ":", "-.")
     for ax, variant in zip(axes[0], variants):
         for r in rows:
             if r["variant"] != variant:
@@ -147,6 +278,7 @@ def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) 
             shade = batches.index(r["batch_size"]) / max(1, len(batches) - 1)
             label = f"B={r['batch_size']}" + (f" {r['augmentation']}" if len({x['augmentation'] for x in rows}) > 1 else "")
             ax.plot([m["epoch"] for m in records], [100 * m["top1"] for m in records], color=colormap(0.9 * shade),
+                    linestyle=styles[levels.index(r["augmentation"]) % len(styles)],
                     label=label if r["seed"] == min(x["seed"] for x in rows) else None)
         ax.set_title(variant)
         ax.set_xlabel("epoch")
@@ -169,9 +301,15 @@ def write_report(directory: str, out: str = "") -> Path:
     out_path = Path(out) if out else directory_path
     out_path.mkdir(parents=True, exist_ok=True)
     (out_path / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot_top1_vs_batch(rows, out_path / "top1_vs_batch.png")
+    several_levels = len(augmentation_levels(rows)) > 1
+    plot_top1_vs_batch(rows, out_path / "top1_vs_batch.png",
+                       key=("variant", "augmentation") if several_levels else "variant")
     plot_top1_vs_epoch(directory_path, rows, out_path / "top1_vs_epoch.png")
     text = [f"# Report: {directory_path}\n", markdown_table(rows)]
+    if several_levels:
+        plot_top1_vs_batch_by_augmentation(rows, out_path / "top1_vs_batch_augmentation.png")
+        text.append(augmentation_tables(rows))
+        text.append("![top-1 versus batch size by augmentation level](top1_vs_batch_augmentation.png)\n")
     text.append("\n![top-1 versus batch size](top1_vs_batch.png)\n\n![top-1 versus epoch](top1_vs_epoch.png)\n")
     (out_path / "report.md").write_text("\n".join(text))
     return out_path / "report.md"
