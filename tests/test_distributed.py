@@ -35,15 +35,15 @@ def parameters(out):
     return {k: v for k, v in state["model"].items() if "running_" not in k and "num_batches" not in k}
 
 
-@pytest.mark.parametrize("processes, micro_batch", [(2, 32), (4, 16)])
-def test_processes_equal_accumulation(tmp_path, cli_env, tiny_data, processes, micro_batch):
+@pytest.mark.parametrize("processes, micro_batch, augmentation", [(2, 32, "extended"), (4, 16, "none")])
+def test_processes_equal_accumulation(tmp_path, cli_env, tiny_data, processes, micro_batch, augmentation):
     """N processes x 1 micro-batch and 1 process x N accumulated micro-batches are the same
     computation, up to the order of floating-point sums. In fp32 those round-off differences
     (1e-9 after the first step) grow over 24 steps of training at a high learning rate on this tiny
     problem to about 1e-3, so the comparison runs in fp64, where they stay far below 1e-5."""
     single = tmp_path / "single"
     multi = tmp_path / "multi"
-    args = ["--micro-batch-size", str(micro_batch), "--precision", "fp64"]
+    args = ["--micro-batch-size", str(micro_batch), "--precision", "fp64", "--augmentation", augmentation]
     train_cli(single, cli_env, *args)
     result = train_cli(multi, cli_env, *args, processes=processes)
     assert f"processes {processes}" in result.stdout and f"accumulation_steps 1" in result.stdout

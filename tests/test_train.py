@@ -14,8 +14,8 @@ SUMMARY_KEYS = {"top1", "top5", "best_top1", "train_time_s", "images_per_s", "ep
 RECORD_KEYS = {"epoch", "step", "lr", "train_loss", "top1", "top5", "images_per_s", "elapsed_s"}
 
 
-def tiny_config(tiny_data, out, **run):
-    overrides = {"data.data_dir": str(tiny_data), "run.out": str(out), "run.epochs": 2, "run.batch_size": 128,
+def tiny_config(tiny_data, out, augmentation="none", **run):
+    overrides = {"data.augmentation": augmentation, "data.data_dir": str(tiny_data), "run.out": str(out), "run.epochs": 2, "run.batch_size": 128,
                  "run.micro_batch_size": 32, "schedule.warmup_epochs": 0.5, "optimizer.lr": 2.0,
                  "run.threads": 1}
     overrides.update({f"run.{k}": v for k, v in run.items()})
@@ -57,9 +57,10 @@ def test_existing_run_is_not_overwritten_without_resume(tiny_data, tmp_path):
         train(tiny_config(tiny_data, out, epochs=1))
 
 
-def test_sigterm_saves_and_resume_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("augmentation", ["none", "strong"])
+def test_sigterm_saves_and_resume_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch, augmentation):
     reference = tmp_path / "reference"
-    train(tiny_config(tiny_data, reference, epochs=3))
+    train(tiny_config(tiny_data, reference, augmentation, epochs=3))
 
     interrupted = tmp_path / "interrupted"
     from largebatch.optim.lars import LARS
@@ -72,11 +73,11 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tiny_data, tmp_path,
         return original_step(self, closure)
 
     monkeypatch.setattr(LARS, "step", step_then_signal)
-    result = train(tiny_config(tiny_data, interrupted, epochs=3))
+    result = train(tiny_config(tiny_data, interrupted, augmentation, epochs=3))
     # The request is seen at the next step's all-reduce (all ranks agree), so step 7 completes.
     assert result == {"stopped_at_step": 7}
     monkeypatch.setattr(LARS, "step", original_step)
-    train(tiny_config(tiny_data, interrupted, epochs=3), resume="auto")
+    train(tiny_config(tiny_data, interrupted, augmentation, epochs=3), resume="auto")
 
     for key, value in final_weights(reference).items():
         assert torch.equal(value, final_weights(interrupted)[key]), key

@@ -80,7 +80,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ("| batch | optimizer | augmentation | seed | peak LR | top-1 | top-5 | epochs | steps | wall time | "
             "images/s |\n|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     def accuracy(value: float | None, row: dict[str, Any]) -> str:
-        return "diverged" if row["diverged"] else f"{100 * value:.2f}%"
+        return "diverged" if row.get("diverged") else f"{100 * value:.2f}%"
 
     lines = [f"| {r['batch_size']} | {r['variant']} | {r['augmentation']} | {r['seed']} | {r['lr']:.4g} | "
              f"{accuracy(r['top1'], r)} | {accuracy(r['top5'], r)} | {r['epochs']} | {r['steps']} | "
@@ -94,7 +94,7 @@ def summary_by_batch(rows: list[dict[str, Any]], key: str | tuple[str, ...] = "v
     keys = (key,) if isinstance(key, str) else key
     grouped: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if not r["diverged"]:
+        if not r.get("diverged"):
             grouped[" / ".join(str(r[k]) for k in keys)][r["batch_size"]].append(r["top1"])
     return grouped
 
@@ -116,7 +116,7 @@ def plot_top1_vs_batch(rows: list[dict[str, Any]], path: Path, key: str | tuple[
         means = [100 * m for m, _ in stats]
         spreads = [100 * s for _, s in stats]
         ax.errorbar(batches, means, yerr=spreads if any(spreads) else None, marker="o", capsize=3, label=label)
-    diverged = [r for r in rows if r["diverged"]]
+    diverged = [r for r in rows if r.get("diverged")]
     if diverged:
         bottom = ax.get_ylim()[0]
         ax.scatter([r["batch_size"] for r in diverged], [bottom] * len(diverged), marker="x", color="red",
@@ -155,7 +155,7 @@ def augmentation_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     All in fractions (0.01 = 1 point)."""
     cells: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        if not r["diverged"]:
+        if not r.get("diverged"):
             cells[(r["variant"], r["batch_size"], r["augmentation"])].append(r)
     stats = {k: _mean_spread([r["top1"] for r in v]) for k, v in cells.items()}
     smallest = {}
@@ -285,7 +285,7 @@ def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) 
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("test top-1 accuracy (%)")
-    low = min((100 * r["top1"] for r in rows if not r["diverged"]), default=0)
+    low = min((100 * r["top1"] for r in rows if not r.get("diverged")), default=0)
     axes[0][0].set_ylim(max(0.0, math.floor(low / 5) * 5 - 10), 100)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from largebatch import checkpoint, distributed, models
 from largebatch.config import Config, config_to_dict, to_toml
-from largebatch.data import (Normalizer, build_datasets, clear_skipped, restore_skipped, skipped_files_all_ranks,
+from largebatch.augment import BatchAugmenter, batch_loss
+from largebatch.data import (ImageFileDataset, Normalizer, build_datasets, clear_skipped, restore_skipped, skipped_files_all_ranks,
                              training_batches)
 from largebatch.data.sampler import StreamSampler
 from largebatch.errors import CheckpointError, ConfigError, UserError
@@ -181,21 +181,28 @@ def train(config: Config, resume: str = "") -> dict[str, Any]:
 
 
 def forward_backward(model: torch.nn.Module, micro_batches: list, normalizer: Normalizer, precision: Precision,
-                     per_process_batch: int, ddp: bool) -> torch.Tensor:
+                     per_process_batch: int, ddp: bool, augmenter: BatchAugmenter | None = None, step: int = 0,
+                     offset: int = 0) -> torch.Tensor:
     """Accumulate the gradient of this process's part of the global batch; return the summed loss.
 
     Each micro-batch's loss is summed over its images and divided by the per-process batch, so the
     accumulated gradient is the mean over this process's images, whatever the micro-batch split;
-    DDP then averages over processes (its all-reduce runs on the last micro-batch only)."""
+    DDP then averages over processes (its all-reduce runs on the last micro-batch only).
+    ``augmenter`` (batched, on the device) sees each micro-batch with its ``offset`` in the global
+    batch of ``step``, so the augmented stream does not depend on the split or on a resume."""
     device = normalizer.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     for index, (images, labels) in enumerate(micro_batches):
         last = index == len(micro_batches) - 1
+        images, targets = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if augmenter is not None:
+            images, targets = augmenter(images, targets, step, offset)  # pixel units, before normalising
+        offset += len(labels)
         with contextlib.nullcontext() if last or not ddp else model.no_sync():
             with precision.autocast():
                 logits = model(normalizer(images))
-            loss = F.cross_entropy(logits.to(precision.parameter_dtype), labels.to(device, non_blocking=True),
-                                   reduction="sum")
+            loss = batch_loss(logits.to(precision.parameter_dtype), targets,
+                              augmenter.label_smoothing if augmenter is not None else 0.0)
             precision.backward(loss / per_process_batch)
         loss_sum += loss.detach()
     return loss_sum
@@ -241,6 +248,9 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
     normalizer = Normalizer(info.mean, info.std, device, channels_last=run.channels_last,
                             dtype=precision.parameter_dtype)
     steps_per_epoch = len(train_set) / run.batch_size
+    augmenter = BatchAugmenter(config.data.augmentation, info.num_classes, info.image_size, run.seed, run.batch_size,
+                               channels=info.channels, in_workers=isinstance(train_set, ImageFileDataset),
+                               color_jitter=config.data.color_jitter, lighting=config.data.lighting)
 
     # Resume: weights, optimizer, scaler, step, RNG and the metrics so far.
     start_step, records, train_time, skipped_steps = 0, [], 0.0, 0
@@ -272,7 +282,8 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
                "accumulation_steps": batches.accumulation_steps, "peak_lr": peak_lr,
                "total_steps": schedule.total_steps, "warmup_steps": schedule.warmup_steps,
                "steps_per_epoch": round(steps_per_epoch, 3), "train_images": len(train_set),
-               "test_images": len(test_set), "device": str(device), "precision": precision.name}
+               "test_images": len(test_set), "device": str(device), "precision": precision.name,
+               "augmentation": augmenter.describe()}
     progress.message(f"largebatch: {config.model.name} on {info.dataset}, {config.optimizer.name}, "
                      + ", ".join(f"{k} {v}" for k, v in derived.items()))
     progress.message(describe_groups(optimizer, config.optimizer.name))
@@ -312,7 +323,8 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
             set_lr(optimizer, lr)
             step_start = time.perf_counter()
             loss_sum = forward_backward(train_model, next(data_stream), normalizer, precision,
-                                        batches.per_process_batch, context.enabled)
+                                        batches.per_process_batch, context.enabled, augmenter, step,
+                                        context.rank * batches.per_process_batch)
             # 3. all ranks agree on the loss and on a stop request before the weights change
             flags = torch.stack([loss_sum, torch.tensor(float(stop.requested), device=device, dtype=torch.float64)])
             distributed.all_reduce_sum(flags, context)
