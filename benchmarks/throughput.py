@@ -253,13 +253,14 @@ def timm_loop(model_name: str, *arguments) -> TimmLoop | None:
 
 # --- timing ----------------------------------------------------------------------------------
 
-def time_steps(loop, steps: int, device: torch.device) -> float:
+def time_steps(loop, steps: int, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process's threads) for ``steps`` steps."""
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         loop.step()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def time_optimizer_step(loop, device: torch.device, repeats: int = 10) -> float:
@@ -286,12 +287,15 @@ def measure_loops(loops: list, batch: int, steps: int, warmup: int, repeats: int
         loop.warmup_s = time.perf_counter() - started
         print(f"  {loop.name}: {warmup} warm-up steps in {loop.warmup_s:.1f} s", flush=True)
     rates: dict[str, list[float]] = {loop.name: [] for loop in loops}
+    cpu_rates: dict[str, list[float]] = {loop.name: [] for loop in loops}
     peaks: dict[str, int] = {loop.name: 0 for loop in loops}
     for round_index in range(repeats):
         for loop in loops:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            rates[loop.name].append(steps * batch / time_steps(loop, steps, device))
+            wall, cpu = time_steps(loop, steps, device)
+            rates[loop.name].append(steps * batch / wall)
+            cpu_rates[loop.name].append(steps * batch / cpu)
             if device.type == "cuda":
                 peaks[loop.name] = max(peaks[loop.name], torch.cuda.max_memory_allocated(device))
         print(f"  round {round_index + 1}/{repeats}: " +
@@ -300,6 +304,9 @@ def measure_loops(loops: list, batch: int, steps: int, warmup: int, repeats: int
     for loop in loops:
         results[loop.name] = {"images_per_s": statistics.median(rates[loop.name]),
                               "rounds": [round(r, 2) for r in rates[loop.name]],
+                              # on a CPU shared with other work, CPU seconds are disturbed less than wall time
+                              "images_per_cpu_s": (statistics.median(cpu_rates[loop.name])
+                                                   if device.type == "cpu" else None),
                               "warmup_s": round(loop.warmup_s, 2),
                               "peak_memory_bytes": peaks[loop.name] if device.type == "cuda" else None,
                               "optimizer_step_ms": round(time_optimizer_step(loop, device) * 1e3, 3),
@@ -451,6 +458,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup, "repeats": args.repeats,
         "reference_images_per_s": round(reference, 2), "ours_images_per_s": round(ours, 2),
         "ratio": round(ours / reference, 3),
+        "cpu_time_ratio": (round(results["ours"]["images_per_cpu_s"] / results["reference"]["images_per_cpu_s"], 3)
+                           if device.type == "cpu" else None),
         "timm_images_per_s": round(results["timm-style"]["images_per_s"], 2) if timm is not None else None,
         "reference": results["reference"], "ours": results["ours"], "timm": results.get("timm-style"),
         "loader": loader, "ours_final_losses": [round(x, 4) for x in loops[1].losses[-3:]],
@@ -471,23 +480,32 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"\n{report['model']}, batch {report['batch_size']}, {report['image_size']}x{report['image_size']}, "
           f"{report['device']}, torch {report['torch']}; median of {report['repeats']} rounds of "
           f"{report['steps']} steps after {report['warmup']} warm-up steps\n")
-    print("| loop | settings | images/s | vs reference | peak GPU memory | optimizer step |")
-    print("|---|---|---:|---:|---:|---:|")
+    cpu = report["device_type"] == "cpu"
+    print("| loop | settings | images/s | vs reference | " +
+          ("images per CPU-s | vs reference |" if cpu else "peak GPU memory |") + " optimizer step |")
+    print("|---|---|---:|---:|" + ("---:|---:|" if cpu else "---:|") + "---:|")
     base = report["reference_images_per_s"]
     for key, label in labels.items():
         result = report[key]
         if result is None:
             continue
+        if cpu:
+            extra = (f"{result['images_per_cpu_s']:,.1f} | "
+                     f"{result['images_per_cpu_s'] / report['reference']['images_per_cpu_s']:.2f}x")
+        else:
+            extra = format_bytes(result["peak_memory_bytes"])
         print(f"| {label} | {describe_settings(result)} | {result['images_per_s']:,.1f} | "
-              f"{result['images_per_s'] / base:.2f}x | {format_bytes(result['peak_memory_bytes'])} | "
-              f"{result['optimizer_step_ms']:.1f} ms |")
+              f"{result['images_per_s'] / base:.2f}x | {extra} | {result['optimizer_step_ms']:.1f} ms |")
     loader = report["loader"]
     if loader:
-        print(f"\ninput side: our loader decodes {loader['images_per_s']:,.1f} images/s with {loader['workers']} "
-              f"workers on {loader['cores']} cores ({loader['images_per_s_per_worker']:,.1f} per worker; "
-              f"{loader['jpeg']} JPEGs of {loader['mean_jpeg_kb']:.0f} KB, {loader['augmentation']} augmentation, "
-              f"{loader['image_size']} px); the model trains {loader['model_images_per_s']:,.1f} images/s: "
-              f"{loader['bound']}-bound. Feeding the model takes about {loader['workers_to_feed_model']} workers.")
+        def workers(count: int) -> str:
+            return f"{count} worker{'s' if count != 1 else ''}"
+        print(f"\ninput side: our loader decodes {loader['images_per_s']:,.1f} images/s with "
+              f"{workers(loader['workers'])} on {loader['cores']} cores ({loader['images_per_s_per_worker']:,.1f} "
+              f"per worker; {loader['jpeg']} JPEGs of {loader['mean_jpeg_kb']:.0f} KB, {loader['augmentation']} "
+              f"augmentation, {loader['image_size']} px); the model trains {loader['model_images_per_s']:,.1f} "
+              f"images/s: {loader['bound']}-bound. Feeding the model takes about "
+              f"{workers(loader['workers_to_feed_model'])}, and as many cores.")
 
 
 def main(argv: list[str] | None = None) -> int:
