@@ -12,7 +12,7 @@ the median round counts.
     ``zero_grad()``, ``loss.backward()``, ``step()``; the input already normalised float on the
     device (free input: the reference pays nothing for it).
 (b) ``ours``: the step of ``largebatch.train``: ``Precision.build("auto")`` (bf16 autocast on
-    CUDA, fp32 on CPU), channels_last model and input, torch.compile (``--compile``, on by default
+    CUDA, fp32 on CPU; ``--precision`` to choose), channels_last model and input, torch.compile (``--compile``, on by default
     on CUDA), the optimizer of ``build_optimizer`` (default config: LARS; ``--recipe``: the
     recipe's), uint8 micro-batches in host memory (pinned on CUDA, as the loader delivers them)
     copied ahead on a side stream (``largebatch.data.prefetch``), normalised on the device by
@@ -23,9 +23,10 @@ the median round counts.
 
 Input side (3-channel models of 64 pixels or more): ``--loader-images`` ImageNet-sized JPEGs
 (500x375, quality 90, about 107 KB, written by benchmarks/loader.py's writer) in the ImageNet
-folder layout, read through ``largebatch.data`` (ImageFileDataset, the training transform,
-``--loader-workers`` processes: by default what training uses on this machine, all cores but the
-training process's own), timed over warm passes, and compared with the model's images/s.
+folder layout, read through ``largebatch.data`` (ImageFileDataset; the training transform of
+``--augmentation``, by default the paper's minimal one; ``--loader-workers`` processes, by default
+what training uses on this machine: all cores but the training process's own), timed over warm
+passes, and compared with the model's images/s.
 
     PYTHONPATH=src python benchmarks/throughput.py --model resnet50 --batch-size 256 --device cuda \\
         --json benchmarks/results/throughput-resnet50-h100.json
@@ -60,7 +61,7 @@ from largebatch.data.prefetch import available_cores, machine_input_settings, pr
 from largebatch.data.transforms import train_transform
 from largebatch.errors import ConfigError, UserError
 from largebatch.optim import build_optimizer
-from largebatch.precision import Precision
+from largebatch.precision import PRECISIONS, Precision
 from largebatch.train import forward_backward, set_lr
 
 JPEG_WIDTH, JPEG_HEIGHT = 500, 375  # about the mean ImageNet training image
@@ -146,10 +147,10 @@ class OurLoop:
 
     def __init__(self, model_name: str, num_classes: int, channels: int, size: int, batch: int, micro_batch: int,
                  device: torch.device, compile_model: bool, optimizer_config: OptimizerConfig, prefetch_depth: int,
-                 seed: int):
+                 seed: int, precision: str = "auto"):
         torch.manual_seed(seed)
         self.device, self.batch = device, batch
-        self.precision = Precision.build("auto", device)
+        self.precision = Precision.build(precision, device)
         model = models.build(model_name, num_classes=num_classes, in_channels=channels)
         self.model = model.to(device=device, dtype=self.precision.parameter_dtype,
                               memory_format=torch.channels_last).train()
@@ -374,6 +375,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="ours: torch.compile the model (default: on for CUDA, off for CPU)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="ours: numeric precision (default: auto, bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--recipe", default="", help="ours: take the optimizer from this recipe "
                         "(default: the default optimizer config, LARS)")
     parser.add_argument("--image-size", type=int, default=0, metavar="N",
@@ -385,9 +388,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="JPEGs for the input-side measurement (default: 512 on CUDA, 128 on CPU; 0: skip)")
     parser.add_argument("--loader-workers", type=int, default=-1, metavar="N",
                         help="loader processes (-1: as training on this machine, all cores but one)")
-    parser.add_argument("--augmentation", choices=AUGMENTATIONS, default="extended",
-                        help="loader: training augmentation (default: extended, random-resized crop + flip "
-                             "+ colour jitter + lighting)")
+    parser.add_argument("--augmentation", choices=AUGMENTATIONS, default="minimal",
+                        help="loader: training augmentation (default: minimal, the paper's ResNet-50 recipe; "
+                             "extended: random-resized crop, flip, colour jitter, lighting)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="", metavar="PATH", help="write the results here")
     args = parser.parse_args(argv)
@@ -433,7 +436,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     loops = [ReferenceLoop(args.model, num_classes, channels, size, args.batch_size, device, args.seed),
              OurLoop(args.model, num_classes, channels, size, args.batch_size, args.micro_batch_size, device,
-                     compile_model, optimizer_config, settings.device_prefetch, args.seed)]
+                     compile_model, optimizer_config, settings.device_prefetch, args.seed, args.precision)]
     timm = None if args.no_timm else timm_loop(args.model, num_classes, channels, size, args.batch_size, device,
                                                args.seed)
     if timm is not None:
