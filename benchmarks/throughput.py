@@ -326,9 +326,11 @@ def jpeg_writer():
 
 
 def measure_loader(folder: Path, images: int, size: int, batch: int, workers: int, loader_prefetch: int,
-                   augmentation: str, pin_memory: bool, timed_passes: int = 2) -> dict[str, Any]:
-    """Training-pipeline images/s of our loader over ``images`` JPEGs in ImageNet layout: one warm
-    pass (page cache, worker start), then ``timed_passes`` timed passes."""
+                   augmentation: str, pin_memory: bool) -> dict[str, Any]:
+    """Training-pipeline images/s of our loader over ``images`` JPEGs in ImageNet layout, read
+    repeatedly (new stream positions, so new random crops). Untimed first: one pass over the files
+    (page cache) and at least one batch per worker (process start); timed: at least two passes and
+    at least 8 batches per worker, so the start and the end of the window weigh little."""
     class_folder = folder / "train" / "n00000000"
     jpeg_writer()(class_folder, images, JPEG_WIDTH, JPEG_HEIGHT)
     files = imagenet.list_split(folder, "train", use_cache=False)
@@ -336,23 +338,23 @@ def measure_loader(folder: Path, images: int, size: int, batch: int, workers: in
     transform = train_transform(augmentation, size, data.color_jitter, data.lighting, data.fast_decode)
     dataset = ImageFileDataset(files.folder, files.files, files.labels, transform, seed=0)
     batch = min(batch, images)
-    batches_per_pass = math.ceil(images / batch)
+    warm_batches = max(math.ceil(images / batch), workers)
+    timed_batches = math.ceil(max(2 * images, 8 * max(1, workers) * batch) / batch)
     requests = []
-    for index in range(batches_per_pass * (1 + timed_passes)):
-        first = (index % batches_per_pass) * batch
-        indices = torch.arange(first, min(first + batch, images))
-        requests.append((indices, indices + index * batch))  # new stream positions: new random crops
-    received, start = 0, None
+    for index in range(warm_batches + timed_batches):
+        indices = torch.arange(index * batch, (index + 1) * batch)
+        requests.append((indices % images, indices))  # stream positions keep growing: new crops
+    received, start = 0, time.perf_counter()
     for index, loaded in enumerate(file_batches(dataset, requests, workers, pin_memory, loader_prefetch)):
-        if index == batches_per_pass - 1:
-            start = time.perf_counter()  # the warm pass is complete
-        elif index >= batches_per_pass:
+        if index == warm_batches - 1:
+            start = time.perf_counter()
+        elif index >= warm_batches:
             received += len(loaded.labels)
     seconds = time.perf_counter() - start
     kilobytes = sum(os.path.getsize(class_folder / name) for name in os.listdir(class_folder)) / images / 1024
     return {"images": images, "image_size": size, "jpeg": f"{JPEG_WIDTH}x{JPEG_HEIGHT}",
             "mean_jpeg_kb": round(kilobytes, 1), "augmentation": augmentation, "fast_decode": data.fast_decode,
-            "workers": workers, "cores": available_cores(), "batch": batch, "timed_passes": timed_passes,
+            "workers": workers, "cores": available_cores(), "batch": batch, "timed_images": received,
             "images_per_s": received / seconds, "images_per_s_per_worker": received / seconds / max(1, workers)}
 
 

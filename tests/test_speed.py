@@ -248,6 +248,7 @@ def test_throughput_benchmark_measures_the_loader_on_jpegs(tmp_path, capsys):
                             "--image-size", "64"], tmp_path, capsys)
     loader = report["loader"]
     assert loader["images"] == 8 and loader["workers"] == 1 and loader["images_per_s"] > 0
+    assert loader["timed_images"] == 16  # two passes over the 8 files (8 batches of 2 for the one worker)
     assert loader["bound"] == ("input" if loader["images_per_s"] < report["ours_images_per_s"] else "compute")
 
 
