@@ -112,6 +112,87 @@ def test_cuda_prefetcher_copies_on_a_side_stream_and_frees_safely():
         assert int(labels[0]) == index and torch.all(images == index % 256).item()
 
 
+class FakeStream:
+    def __init__(self, name: str, log: list):
+        self.name, self.log, self.waited = name, log, []
+
+    def wait_event(self, event) -> None:
+        self.waited.append(event)
+        self.log.append(("wait", self.name, event.number))
+
+
+class FakeTensor:
+    """Stands in for a host tensor (``to``) and its device copy (``record_stream``)."""
+
+    def __init__(self, name: str, log: list, current: list):
+        self.name, self.log, self.current, self.recorded = name, log, current, []
+
+    def to(self, device, non_blocking: bool = False):
+        self.log.append(("copy", self.name, self.current[-1].name, non_blocking, str(device)))
+        return FakeTensor(self.name + "@cuda", self.log, self.current)
+
+    def record_stream(self, stream) -> None:
+        self.recorded.append(stream)
+
+
+def test_cuda_protocol_copies_on_the_side_stream_and_waits_only_for_its_own_step(monkeypatch):
+    """The CUDA path with torch.cuda's stream, event and tensor calls replaced by recorders: runs
+    on a CPU-only build, and checks the order of operations that makes the overlap safe."""
+    log: list = []
+    training = FakeStream("training", log)
+    current = [training]  # the stream that torch.cuda.stream() makes current
+    events = []
+
+    class FakeEvent:
+        def __init__(self):
+            self.number = len(events)
+            events.append(self)
+
+        def record(self, stream):
+            log.append(("event", stream.name, self.number))
+
+    class stream_context:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            current.append(self.stream)
+
+        def __exit__(self, *exc):
+            current.pop()
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: FakeStream("side", log))
+    monkeypatch.setattr(torch.cuda, "stream", stream_context)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: training)
+
+    total = 4
+    steps = [[(FakeTensor(f"images{k}.{m}", log, current), FakeTensor(f"labels{k}.{m}", log, current))
+              for m in range(2)] for k in range(total)]
+    prefetcher = DevicePrefetcher(iter(steps), torch.device("cuda"), depth=1)
+    for k in range(total):
+        log.append(("handed", k))
+        step = next(prefetcher)
+        # step k waited for event k only, after which nothing is waited for until step k+1
+        assert [event.number for event in training.waited] == list(range(k + 1))
+        for images, labels in step:
+            assert images.name.startswith(f"images{k}.") and images.name.endswith("@cuda")
+            assert images.recorded == [training] and labels.recorded == [training]
+    with pytest.raises(StopIteration):
+        next(prefetcher)
+
+    copies = [entry for entry in log if entry[0] == "copy"]
+    assert len(copies) == total * 4
+    assert all(stream == "side" and non_blocking and device == "cuda" for _, _, stream, non_blocking, device in copies)
+    for k in range(total):
+        # each step's event is recorded on the side stream right after its four copies
+        position = log.index(("event", "side", k))
+        assert [entry[1].split(".")[0][-1] for entry in log[position - 4:position]] == [str(k)] * 4
+        # the copies of step k+1 are issued before step k's wait, i.e. before step k's kernels are queued
+        if k + 1 < total:
+            assert log.index(("copy", f"images{k + 1}.0", "side", True, "cuda")) < log.index(("wait", "training", k))
+
+
 # --- input settings ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cores, processes, device, expected", [
