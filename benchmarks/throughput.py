@@ -430,6 +430,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--model: unknown model '{args.model}' (choose from {', '.join(models.list_models())})")
     size, channels, num_classes = args.image_size or entry.input_size, entry.in_channels, entry.num_classes
     compile_model = device.type == "cuda" if args.compile is None else args.compile
+    if args.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 (with loss scaling) needs a CUDA device; use bf16 or fp32 on CPU")
     optimizer_config = load_config(args.recipe).optimizer if args.recipe else OptimizerConfig()
     settings = machine_input_settings(device.type, workers=args.loader_workers, device_prefetch=args.prefetch)
     if device.type == "cuda":
