@@ -60,6 +60,8 @@ class DataConfig:
     num_classes: int = option(0, "classes (0: from the data set)", min=0)
     augmentation: str = option("none", "augmentation level (docs/augmentation.md)", choices=AUGMENTATIONS)
     workers: int = option(-1, "loader processes per training process (-1: from the CPU count)", min=-1)
+    prefetch: int = option(-1, "optimizer steps copied to the GPU ahead of the one training, on a side CUDA "
+                           "stream (-1: 1 on CUDA; on CPU there is nothing to copy)", min=-1)
     train_subset: int = option(0, "use only this many training images, a fixed random subset (0: all)",
                                min=0)
     synthetic_images: int = option(12800, "images per epoch of the synthetic data set", min=1)

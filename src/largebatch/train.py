@@ -28,6 +28,7 @@ from largebatch.augment import BatchAugmenter, batch_loss
 from largebatch.data import (ImageFileDataset, Normalizer, build_datasets, clear_skipped, restore_skipped, skipped_files_all_ranks,
                              training_batches)
 from largebatch.data.sampler import StreamSampler
+from largebatch.data.prefetch import machine_input_settings, prefetch_to_device
 from largebatch.errors import CheckpointError, ConfigError, UserError
 from largebatch.evaluate import evaluate
 from largebatch.optim import build_optimizer, describe_groups, trust_ratio_summary
@@ -210,6 +211,8 @@ def forward_backward(model: torch.nn.Module, micro_batches: list, normalizer: No
 
 def _train(config: Config, context: distributed.DistributedContext, resume: str) -> dict[str, Any]:
     run, device = config.run, context.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN times its algorithms once, keeps the fastest
     torch.manual_seed(run.seed)
     random.seed(run.seed)
     out = prepare_run_dir(config, context, resume)
@@ -313,9 +316,12 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
             target_reached = r
     started = time.perf_counter() - (epoch_records(records)[-1]["elapsed_s"] if epoch_records(records) else 0.0)
     step = start_step
+    input_settings = machine_input_settings(device.type, workers=config.data.workers,
+                                            device_prefetch=config.data.prefetch)
     data_stream = training_batches(train_set, sampler, start_step, schedule.total_steps, context.rank,
-                                   context.world_size, batches.accumulation_steps, workers=config.data.workers,
-                                   pin_memory=device.type == "cuda")
+                                   context.world_size, batches.accumulation_steps, workers=input_settings.workers,
+                                   pin_memory=device.type == "cuda", prefetch_factor=input_settings.loader_prefetch)
+    data_stream = prefetch_to_device(data_stream, device, input_settings.device_prefetch)
     with StopRequest() as stop:
         while step < schedule.total_steps:
             # 1. the learning rate of this step, 2. forward and backward over the micro-batches
