@@ -145,6 +145,14 @@ class NoiseScaleSmoother:
         self.count = torch.tensor(state["count"], dtype=torch.float64, device=device)
 
 
+def epoch_smoothing(steps_per_epoch: float, every: int = 1) -> float:
+    """The EMA decay whose average spans about one epoch of measurements: an EMA with decay d
+    averages as many independent samples as (1 + d) / (1 - d) plain ones, so d = (n - 1) / (n + 1)
+    for n = steps_per_epoch / every measured steps per epoch."""
+    measured = max(1.0, steps_per_epoch / every)
+    return (measured - 1.0) / (measured + 1.0)
+
+
 class NoiseScaleMonitor:
     """Measures the gradient noise scale inside the training step.
 
