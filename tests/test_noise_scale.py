@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from largebatch.errors import ConfigError
-from largebatch.noise_scale import (NoiseScaleMonitor, NoiseScaleSmoother, epoch_smoothing, format_noise_scale,
-                                    squared_norm, unbiased_norm_sq, unbiased_trace)
+from largebatch.noise_scale import (NoiseScaleMonitor, NoiseScaleSmoother, format_noise_scale, squared_norm,
+                                    unbiased_norm_sq, unbiased_trace)
 
 # Linear regression y = x.w* + noise, x ~ N(0, diag(c)), loss 1/2 (x.w - y)^2 per example. At weights w,
 # with u = w - w*, the per-example gradient is g = x x^T u - x noise, so
@@ -131,11 +131,13 @@ def test_smoother_ema_is_bias_corrected_and_skips_non_finite():
     assert restored.values() == smoother.values()
 
 
-def test_epoch_smoothing_spans_one_epoch_of_measurements():
-    decay = epoch_smoothing(234.375)  # Fashion-MNIST at batch 256
-    assert (1 + decay) / (1 - decay) == pytest.approx(234.375)
-    assert epoch_smoothing(234.375, every=10) == pytest.approx((23.4375 - 1) / (23.4375 + 1))
-    assert epoch_smoothing(0.5) == 0.0  # fewer than one measurement per epoch: no averaging
+def test_reset_starts_a_new_interval():
+    smoother = NoiseScaleSmoother(decay=1.0)
+    smoother.update(torch.tensor(1000.0), torch.tensor(1000.0))  # an earlier epoch, a thousand times larger
+    smoother.reset()
+    smoother.update(torch.tensor(1.0), torch.tensor(30.0))
+    smoother.update(torch.tensor(3.0), torch.tensor(50.0))
+    assert smoother.values() == {"grad_noise_scale": 20.0, "grad_norm_sq": 2.0, "grad_trace_sigma": 40.0}
 
 
 def test_unresolved_when_smoothed_norm_is_not_positive():

@@ -89,8 +89,14 @@ class NoiseScaleSmoother:
 
     ``decay`` is the weight of the past per measured step; the averages are bias-corrected as in Adam
     (divided by 1 - decay^n), so early values are not pulled toward zero. ``decay = 1`` is the plain
-    mean over all measurements (the limit of the corrected average), ``decay = 0`` the last one.
-    Values stay tensors on the training device; non-finite samples are ignored without a host sync.
+    mean over all measurements since the last :meth:`reset` (the limit of the corrected average),
+    ``decay = 0`` the last one. Values stay tensors on the training device; non-finite samples are
+    ignored without a host sync.
+
+    For per-epoch records, the plain mean over the epoch (``decay = 1``, reset after each record) is
+    the better choice: an EMA spanning an epoch still gives the previous epochs weight, and while
+    |G|^2 falls by orders of magnitude (late training, LR decay) those older, larger values dominate
+    both averages and freeze their ratio.
     """
 
     def __init__(self, decay: float = 0.99, device: torch.device | str = "cpu"):
@@ -101,6 +107,12 @@ class NoiseScaleSmoother:
         self.norm_sq_average = zero.clone()
         self.trace_average = zero.clone()
         self.count = zero.clone()  # measurements taken in (a tensor: skipping needs no sync)
+
+    def reset(self) -> None:
+        """Forget all measurements (start a new averaging interval)."""
+        self.norm_sq_average = torch.zeros_like(self.norm_sq_average)
+        self.trace_average = torch.zeros_like(self.trace_average)
+        self.count = torch.zeros_like(self.count)
 
     def update(self, norm_sq: torch.Tensor, trace: torch.Tensor) -> None:
         norm_sq = torch.as_tensor(norm_sq, dtype=torch.float64, device=self.count.device)
@@ -145,14 +157,6 @@ class NoiseScaleSmoother:
         self.count = torch.tensor(state["count"], dtype=torch.float64, device=device)
 
 
-def epoch_smoothing(steps_per_epoch: float, every: int = 1) -> float:
-    """The EMA decay whose average spans about one epoch of measurements: an EMA with decay d
-    averages as many independent samples as (1 + d) / (1 - d) plain ones, so d = (n - 1) / (n + 1)
-    for n = steps_per_epoch / every measured steps per epoch."""
-    measured = max(1.0, steps_per_epoch / every)
-    return (measured - 1.0) / (measured + 1.0)
-
-
 class NoiseScaleMonitor:
     """Measures the gradient noise scale inside the training step.
 
@@ -165,8 +169,9 @@ class NoiseScaleMonitor:
         monitor.after_backward()        # before the optimizer step; returns this step's NoiseSample
         ... optimizer.step(); optimizer.zero_grad(set_to_none=True)
 
-    and ``monitor.values()`` when it logs (any rank: all ranks hold the same averages, since the
-    small-batch norms are all-reduced and the big-batch gradient is the same everywhere). Assumes what ``train.forward_backward``
+    and ``monitor.values()`` when it logs, then ``monitor.reset()`` to average each epoch on its own
+    (any rank: all ranks hold the same averages, since the small-batch norms are all-reduced and the
+    big-batch gradient is the same everywhere). Assumes what ``train.forward_backward``
     does: each micro-batch's loss is summed over its images and divided by ``per_process_batch``,
     so ``.grad`` holds the mean gradient over this process's images (several processes: DDP
     averages over processes).
@@ -176,6 +181,7 @@ class NoiseScaleMonitor:
     scale changes between steps and overflowing steps carry inf): ``precision`` 'fp16' raises;
     fp32, fp64 and bf16 autocast (fp32 gradients) are measured as they are.
 
+    ``smoothing``: the decay of :class:`NoiseScaleSmoother` (1: plain mean since the last reset).
     ``every``: measure one step in ``every`` (the others cost one attribute check per call).
     """
 
@@ -290,6 +296,10 @@ class NoiseScaleMonitor:
         """The smoothed ``grad_noise_scale`` (None: unresolved), ``grad_norm_sq`` and
         ``grad_trace_sigma``, for metrics.jsonl."""
         return self.smoother.values()
+
+    def reset(self) -> None:
+        """Start a new averaging interval (with ``smoothing=1``: call after logging each epoch)."""
+        self.smoother.reset()
 
     def state_dict(self) -> dict[str, Any]:
         return {"smoother": self.smoother.state_dict(), "steps": self._steps}
