@@ -31,6 +31,13 @@ def true_values(u: torch.Tensor) -> tuple[float, float]:
     return norm_sq, trace
 
 
+def trace_of_square(u: torch.Tensor) -> float:
+    """tr(Sigma^2) for the Sigma above."""
+    cu = (VARIANCES * u).view(-1, 1)
+    sigma = cu @ cu.T + (float(u @ (VARIANCES * u)) + NOISE_STD ** 2) * torch.diag(VARIANCES)
+    return float((sigma @ sigma).trace())
+
+
 def regression_batch(generator: torch.Generator, size: int, w_star: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(size, DIMENSION, generator=generator, dtype=torch.float64) * VARIANCES.sqrt()
     y = x @ w_star + NOISE_STD * torch.randn(size, generator=generator, dtype=torch.float64)
@@ -91,6 +98,12 @@ def test_monitor_is_within_ten_percent_of_the_closed_form_noise_scale():
     assert values["grad_noise_scale"] == pytest.approx(true_scale, rel=0.10)
     assert values["grad_trace_sigma"] == pytest.approx(trace, rel=0.05)
     assert values["grad_norm_sq"] == pytest.approx(norm_sq, rel=0.10)
+    # the reported standard error is of the right size: above the Gaussian, G = 0 spread of the mean,
+    # sqrt(2 tr(Sigma^2) / (B_big (B_big - B_small)) / steps) (these gradients have heavier tails and a
+    # signal), and the actual error is within a few of it
+    floor = math.sqrt(2 * trace_of_square(u) / (64 * 48) / 800)
+    assert floor < values["grad_norm_sq_stderr"] < 10 * floor
+    assert abs(values["grad_norm_sq"] - norm_sq) < 4 * values["grad_norm_sq_stderr"]
 
 
 def test_one_process_small_batch_norm_is_each_micro_batch_gradient():
@@ -120,7 +133,8 @@ def test_one_process_small_batch_norm_is_each_micro_batch_gradient():
 def test_smoother_ema_is_bias_corrected_and_skips_non_finite():
     smoother = NoiseScaleSmoother(decay=0.5)
     smoother.update(torch.tensor(2.0), torch.tensor(10.0))
-    assert smoother.values() == {"grad_noise_scale": 5.0, "grad_norm_sq": 2.0, "grad_trace_sigma": 10.0}
+    assert smoother.values() == {"grad_noise_scale": 5.0, "grad_norm_sq": 2.0, "grad_trace_sigma": 10.0,
+                                 "grad_norm_sq_stderr": None}
     smoother.update(torch.tensor(float("nan")), torch.tensor(1.0))  # ignored
     smoother.update(torch.tensor(4.0), torch.tensor(10.0))
     # corrected EMA of (2, 4) with decay 0.5: (0.25 * 2 + 0.5 * 4) / 0.75
@@ -137,7 +151,14 @@ def test_reset_starts_a_new_interval():
     smoother.reset()
     smoother.update(torch.tensor(1.0), torch.tensor(30.0))
     smoother.update(torch.tensor(3.0), torch.tensor(50.0))
-    assert smoother.values() == {"grad_noise_scale": 20.0, "grad_norm_sq": 2.0, "grad_trace_sigma": 40.0}
+    # standard error of the mean of (1, 3): sample standard deviation sqrt(2) over sqrt(2)
+    assert smoother.values() == {"grad_noise_scale": 20.0, "grad_norm_sq": 2.0, "grad_trace_sigma": 40.0,
+                                 "grad_norm_sq_stderr": pytest.approx(1.0)}
+    restored = NoiseScaleSmoother(decay=1.0)
+    restored.load_state_dict(smoother.state_dict())
+    restored.update(torch.tensor(5.0), torch.tensor(40.0))  # continues the same mean: (1, 3, 5)
+    assert restored.values()["grad_norm_sq"] == 3.0 and restored.values()["grad_norm_sq_stderr"] == pytest.approx(
+        2 / 3 ** 0.5)
 
 
 def test_unresolved_when_smoothed_norm_is_not_positive():
@@ -203,7 +224,7 @@ def run_steps(rank: int, world_size: int, accumulation: int, batch_norm: bool, s
     if world_size > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model)
     per_process = global_batch // world_size
-    monitor = NoiseScaleMonitor(model, ddp_model, world_size, per_process, global_batch, accumulation, smoothing=0.0)
+    monitor = NoiseScaleMonitor(model, ddp_model, world_size, per_process, global_batch, accumulation, smoothing=1.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     generator = torch.Generator().manual_seed(1)
     samples = []

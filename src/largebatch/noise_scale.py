@@ -106,12 +106,14 @@ class NoiseScaleSmoother:
         zero = torch.zeros((), dtype=torch.float64, device=device)
         self.norm_sq_average = zero.clone()
         self.trace_average = zero.clone()
+        self.norm_sq_squares = zero.clone()  # plain mean only: sum of squared deviations (Welford)
         self.count = zero.clone()  # measurements taken in (a tensor: skipping needs no sync)
 
     def reset(self) -> None:
         """Forget all measurements (start a new averaging interval)."""
         self.norm_sq_average = torch.zeros_like(self.norm_sq_average)
         self.trace_average = torch.zeros_like(self.trace_average)
+        self.norm_sq_squares = torch.zeros_like(self.norm_sq_squares)
         self.count = torch.zeros_like(self.count)
 
     def update(self, norm_sq: torch.Tensor, trace: torch.Tensor) -> None:
@@ -123,8 +125,12 @@ class NoiseScaleSmoother:
             weight = finite.to(torch.float64) / count.clamp(min=1.0)
         else:  # raw EMA; bias correction is applied when read
             weight = finite.to(torch.float64) * (1.0 - self.decay)
-        self.norm_sq_average = torch.where(finite, self.norm_sq_average + weight * (norm_sq - self.norm_sq_average),
-                                           self.norm_sq_average)
+        previous = self.norm_sq_average
+        self.norm_sq_average = torch.where(finite, previous + weight * (norm_sq - previous), previous)
+        if self.decay == 1.0:
+            self.norm_sq_squares = torch.where(finite, self.norm_sq_squares
+                                               + (norm_sq - previous) * (norm_sq - self.norm_sq_average),
+                                               self.norm_sq_squares)
         self.trace_average = torch.where(finite, self.trace_average + weight * (trace - self.trace_average),
                                          self.trace_average)
         self.count = count
@@ -140,20 +146,29 @@ class NoiseScaleSmoother:
     def values(self) -> dict[str, float | None]:
         """``grad_norm_sq`` (|G|^2), ``grad_trace_sigma`` (tr Sigma) and ``grad_noise_scale``
         (B_simple = their ratio; None, "unresolved", while the smoothed |G|^2 is not positive:
-        the gradient's signal is then below what the measurements can separate from noise)."""
+        the gradient's signal is then below what the measurements can separate from noise), and
+        with the plain mean, ``grad_norm_sq_stderr``: the standard error of the |G|^2 mean from the
+        spread of the steps' estimates (the relative error of B_simple is about stderr / |G|^2, since
+        tr Sigma is far better determined). None where not defined."""
         norm_sq, trace = self._corrected(self.norm_sq_average), self._corrected(self.trace_average)
         resolved = norm_sq is not None and trace is not None and norm_sq > 0
+        count = float(self.count.item())
+        stderr = None
+        if self.decay == 1.0 and count >= 2:
+            stderr = math.sqrt(max(0.0, float(self.norm_sq_squares.item())) / (count - 1) / count)
         return {"grad_noise_scale": trace / norm_sq if resolved else None,
-                "grad_norm_sq": norm_sq, "grad_trace_sigma": trace}
+                "grad_norm_sq": norm_sq, "grad_trace_sigma": trace, "grad_norm_sq_stderr": stderr}
 
     def state_dict(self) -> dict[str, float]:
         return {"decay": self.decay, "norm_sq_average": float(self.norm_sq_average.item()),
-                "trace_average": float(self.trace_average.item()), "count": float(self.count.item())}
+                "trace_average": float(self.trace_average.item()),
+                "norm_sq_squares": float(self.norm_sq_squares.item()), "count": float(self.count.item())}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         device = self.count.device
         self.norm_sq_average = torch.tensor(state["norm_sq_average"], dtype=torch.float64, device=device)
         self.trace_average = torch.tensor(state["trace_average"], dtype=torch.float64, device=device)
+        self.norm_sq_squares = torch.tensor(state.get("norm_sq_squares", 0.0), dtype=torch.float64, device=device)
         self.count = torch.tensor(state["count"], dtype=torch.float64, device=device)
 
 
@@ -311,11 +326,12 @@ class NoiseScaleMonitor:
 
 
 def format_noise_scale(values: dict[str, float | None]) -> str:
-    """'B_simple 3,100 (|G|^2 0.0123, tr Sigma 38.1)', or 'unresolved (|G|^2 <= 0 ...)'."""
+    """'B_simple 3,100 (|G|^2 0.0123 +- 0.002, tr Sigma 38.1)', or 'unresolved (...)'."""
     norm_sq, trace, scale = values.get("grad_norm_sq"), values.get("grad_trace_sigma"), values.get("grad_noise_scale")
     if norm_sq is None or trace is None:
         return "not measured yet"
-    parts = f"|G|^2 {norm_sq:.4g}, tr Sigma {trace:.4g}"
+    stderr = values.get("grad_norm_sq_stderr")
+    parts = f"|G|^2 {norm_sq:.4g}" + (f" +- {stderr:.2g}" if stderr is not None else "") + f", tr Sigma {trace:.4g}"
     if scale is None or not math.isfinite(scale):
         return f"unresolved ({parts}: the smoothed |G|^2 is not positive)"
     return f"B_simple {scale:,.0f} ({parts})"
