@@ -94,7 +94,8 @@ def write_run(directory: Path, variant: str, batch: int, crossing_step: float, s
         top1 = min(0.99, 0.80 + 0.10 * step / crossing_step)  # 0.90 exactly at crossing_step
         record = {"epoch": epoch, "step": step, "top1": top1, "top5": 1.0}
         if noise is not None:
-            record.update(grad_noise_scale=noise[epoch - 1], grad_norm_sq=1.0, grad_trace_sigma=1.0)
+            record.update(grad_noise_scale=noise[epoch - 1], grad_norm_sq=1.0, grad_trace_sigma=1.0,
+                          grad_norm_sq_stderr=0.25)
         lines.append(json.dumps(record))
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if complete:
@@ -130,7 +131,7 @@ def test_noise_scale_is_read_at_the_target(tmp_path):
     # steps per epoch 234.4: top-1 0.90 at step 700, epoch 2.99
     reading = noise_scale_from_run(run, 0.90)
     assert reading.value == 900.0 and reading.epoch == 3
-    assert "4 of 8 epochs unresolved" in reading.note
+    assert "4 of 8 epochs unresolved" in reading.note and "+- 25%" in reading.note
     last = noise_scale_from_run(run)
     assert last.value == 2500.0 and last.epoch == 5
     unresolved = write_run(tmp_path / "u", "lars", 256, 700, noise=[None] * 8, epochs=8)

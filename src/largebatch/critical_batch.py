@@ -311,16 +311,21 @@ def noise_scale_from_run(run_dir: str | Path, target_top1: float | None = None) 
                         "give --noise-scale instead")
     unresolved = len(measured) - len(resolved)
     extra = f"; {unresolved} of {len(measured)} epochs unresolved" if unresolved else ""
+    def spread(record: dict[str, Any]) -> str:
+        # the relative standard error of B_simple is about that of |G|^2 (tr Sigma is far better determined)
+        stderr, norm_sq = record.get("grad_norm_sq_stderr"), record.get("grad_norm_sq")
+        return f" +- {100 * stderr / norm_sq:.0f}%" if stderr is not None and norm_sq else ""
+
     crossing = steps_to_target(records, target_top1) if target_top1 else None
     if crossing is not None:
         nearest = min(resolved, key=lambda r: (abs(r["epoch"] - crossing.epoch), -r["epoch"]))
         return NoiseReading(float(nearest["grad_noise_scale"]), float(nearest["epoch"]),
-                            f"at epoch {nearest['epoch']}, nearest to where the run reached top-1 "
+                            f"epoch {nearest['epoch']}{spread(nearest)}, nearest to where the run reached top-1 "
                             f"{target_top1:g} (epoch {crossing.epoch:.2f}){extra}")
     last = resolved[-1]
     reason = f"the run never reached top-1 {target_top1:g}; " if target_top1 else ""
     return NoiseReading(float(last["grad_noise_scale"]), float(last["epoch"]),
-                        f"{reason}last resolved value, epoch {last['epoch']}{extra}")
+                        f"{reason}last resolved value, epoch {last['epoch']}{spread(last)}{extra}")
 
 
 # --- report ------------------------------------------------------------------------------------
