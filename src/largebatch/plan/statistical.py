@@ -205,7 +205,7 @@ def format_report(setup: Setup, model: StepsModel, grid: Grid) -> str:
     options = grid.options
     lines = [f"time to target: {setup.model.name} on {setup.device.name}, {setup.network.name}; "
              f"S(B) = {model.min_steps:,.0f} x (1 + {model.noise_scale:,.0f} / B) steps ({model.source})",
-             f"grid: batch {grid.batch_sizes[0]:,} to {grid.batch_sizes[-1]:,}, {grid.processor_counts[0]:,} to "
+             f"grid: batch {min(o.batch_size for o in options):,} to {grid.batch_sizes[-1]:,}, {grid.processor_counts[0]:,} to "
              f"{grid.processor_counts[-1]:,} processors, at least {grid.min_per_processor:g} images per processor "
              f"(--min-per-processor)",
              f"{'batch':>7} {'steps':>9} {'epochs':>8} {'processors':>10} {'iteration':>10} {'time':>9} "
