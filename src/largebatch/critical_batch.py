@@ -1,6 +1,6 @@
 """The critical batch size of a study: steps and examples each batch size needed to reach a target.
 
-McCandlish, Kaplan, Amodei et al. 2018 ("An Empirical Model of Large-Batch Training", eq. 2.11):
+McCandlish, Kaplan, Amodei et al. 2018 ("An Empirical Model of Large-Batch Training", section 2):
 the steps S and training examples E = S x B that batch size B needs to reach a given target trade
 off as
 

@@ -8,7 +8,7 @@ B_small < B_big give unbiased estimates of both parts (their Appendix A):
     |G|^2     = (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
     tr(Sigma) = (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
 
-and the simple noise scale B_simple = tr(Sigma) / |G|^2 (their eq. 2.8), which predicts the
+and the simple noise scale B_simple = tr(Sigma) / |G|^2 (their section 2), which predicts the
 critical batch size beyond which a larger batch stops cutting the number of steps. Each step's
 estimates are noisy (|G|^2 may come out negative), so numerator and denominator are smoothed
 separately over steps and divided afterwards, as the paper advises.

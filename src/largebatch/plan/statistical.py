@@ -2,7 +2,7 @@
 
 The hardware model (``estimate.plan_time``) gives the time of one iteration at global batch B on p
 processors. How many iterations reach the target comes from McCandlish, Kaplan, Amodei et al. 2018
-("An Empirical Model of Large-Batch Training", eq. 2.11):
+("An Empirical Model of Large-Batch Training", section 2):
 
     S(B)  = S_min (1 + B_noise / B)          steps to the target at batch B
     E(B)  = S(B) B = E_min (1 + B / B_noise)   examples, E_min = S_min B_noise
