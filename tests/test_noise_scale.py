@@ -130,6 +130,26 @@ def test_one_process_small_batch_norm_is_each_micro_batch_gradient():
     assert sample.big_batch == 62
 
 
+def test_a_parameter_first_used_in_a_later_micro_batch_counts_whole():
+    """Conditional computation: the extra layer gets its first gradient in the second micro-batch."""
+    torch.manual_seed(0)
+    base, extra = nn.Linear(3, 1).double(), nn.Linear(3, 1).double()
+    model = nn.ModuleDict({"base": base, "extra": extra})
+    monitor = NoiseScaleMonitor(model, None, 1, 8, 8, 2)
+    x = torch.randn(8, 3, dtype=torch.float64)
+    gradients = []
+    for index, (part, use_extra) in enumerate(((x[:4], False), (x[4:], True))):
+        monitor.before_micro_batch(index)
+        out = base(part) + (extra(part) if use_extra else 0)
+        (out.square().sum() / 8).backward()
+        monitor.after_micro_batch(index, 4)
+        gradients.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()])
+    sample = monitor.after_backward()
+    first = sum(float(g.square().sum()) for g in gradients[0])
+    second = sum(float((b - a).square().sum()) for a, b in zip(gradients[0], gradients[1]))
+    assert float(sample.small_sq) == pytest.approx((first + second) / 2 * (8 / 4) ** 2, rel=1e-12)
+
+
 def test_smoother_ema_is_bias_corrected_and_skips_non_finite():
     smoother = NoiseScaleSmoother(decay=0.5)
     smoother.update(torch.tensor(2.0), torch.tensor(10.0))

@@ -189,7 +189,8 @@ class NoiseScaleMonitor:
     big-batch gradient is the same everywhere). Assumes what ``train.forward_backward``
     does: each micro-batch's loss is summed over its images and divided by ``per_process_batch``,
     so ``.grad`` holds the mean gradient over this process's images (several processes: DDP
-    averages over processes).
+    averages over processes), and that the gradients are None or zero when a step begins
+    (``optimizer.zero_grad``): the first micro-batch's gradient is read as the whole ``.grad``.
 
     One process needs at least two micro-batches per step (``accumulation_steps >= 2``): with one,
     there is only one batch size to compare. Gradients scaled for fp16 are not supported (their
@@ -229,6 +230,7 @@ class NoiseScaleMonitor:
         # one process: the gradients accumulated before the current micro-batch, and the sums over
         # this step's micro-batches of |g_i|^2 and of 1 / b_i
         self._snapshot: list[torch.Tensor] = []
+        self._snapshot_parameters: list[nn.Parameter] | None = None
         self._small_sq = torch.zeros((), dtype=torch.float64, device=device)
         self._inverse_sizes = 0.0
         self._micro_batches = 0
@@ -255,7 +257,8 @@ class NoiseScaleMonitor:
         """Remember the gradients accumulated so far (one process, from the second micro-batch on)."""
         if not self._measuring or self.world_size > 1 or index == 0:
             return
-        grads = self._gradients()
+        self._snapshot_parameters = [p for p in self.parameters if p.grad is not None]
+        grads = [p.grad for p in self._snapshot_parameters]
         if len(self._snapshot) != len(grads) or any(s.shape != g.shape for s, g in zip(self._snapshot, grads)):
             self._snapshot = [torch.empty_like(g) for g in grads]
         torch._foreach_copy_(self._snapshot, grads)
@@ -263,18 +266,20 @@ class NoiseScaleMonitor:
     def after_micro_batch(self, index: int, size: int) -> None:
         """Add this micro-batch's squared gradient norm (one process). Its contribution to ``.grad`` is
         (size / per_process_batch) x its mean gradient, hence the rescaling."""
-        if not self._measuring or self.world_size > 1:
+        if not self._measuring or self.world_size > 1 or size <= 0:
             return
-        if size <= 0:
-            return
-        grads = self._gradients()
         if index == 0:
-            squared = squared_norm(grads)
+            squared = squared_norm(self._gradients())
         else:
-            if len(self._snapshot) != len(grads):
-                raise RuntimeError("before_micro_batch was not called before this micro-batch")
-            torch._foreach_sub_(self._snapshot, grads)  # snapshot - after = -(this micro-batch's share)
-            squared = squared_norm(self._snapshot)
+            if self._snapshot_parameters is None:
+                raise RuntimeError("noise scale: call before_micro_batch before each micro-batch")
+            # snapshot - after = -(this micro-batch's share); parameters whose first gradient came in
+            # this micro-batch (conditional computation) contribute their whole gradient
+            torch._foreach_sub_(self._snapshot, [p.grad for p in self._snapshot_parameters])
+            seen = {id(p) for p in self._snapshot_parameters}
+            squared = squared_norm(self._snapshot) + squared_norm(
+                [p.grad for p in self.parameters if p.grad is not None and id(p) not in seen]).to(self._small_sq.device)
+            self._snapshot_parameters = None
         self._small_sq += squared * (self.per_process_batch / size) ** 2
         self._inverse_sizes += 1.0 / size
         self._micro_batches += 1

@@ -278,7 +278,11 @@ def steps_model_from_sources(noise_scale: float | None = None, min_steps: float 
         if crossing is None:
             raise ConfigError(f"--from-run {from_run}: the run never reached top-1 {target_top1:g}, so its steps "
                               "cannot give S_min; give --min-steps S or a lower --target-top1")
-        batch = tomllib.loads((Path(from_run) / "config.toml").read_text(encoding="utf-8"))["run"]["batch_size"]
+        config_path = Path(from_run) / "config.toml"
+        if not config_path.is_file():
+            raise ConfigError(f"--from-run {from_run}: no config.toml, so the run's batch size is unknown; "
+                              "give --min-steps S")
+        batch = tomllib.loads(config_path.read_text(encoding="utf-8"))["run"]["batch_size"]
         chosen_steps = crossing.steps / (1.0 + chosen_noise / batch)
         sources.append(f"S_min = {crossing.steps:,.0f} steps at batch {batch} / (1 + B_noise / {batch})")
     if chosen_noise is None or chosen_steps is None:
