@@ -182,6 +182,18 @@ def run_plan(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# --- critical batch --------------------------------------------------------------------------
+
+def add_critical_batch_args(parser: argparse.ArgumentParser) -> None:
+    from largebatch.critical_batch import add_arguments
+    add_arguments(parser)
+
+
+def run_critical_batch(args: argparse.Namespace) -> int:
+    from largebatch.critical_batch import run
+    return run(args)
+
+
 # --- benchmark -------------------------------------------------------------------------------
 
 def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +215,8 @@ COMMANDS = {
     "report": ("Markdown table, results.json and plots for a run or a study", add_report_args, run_report),
     "recipes": ("list the built-in recipes, or print one resolved", add_recipes_args, run_recipes),
     "plan": ("predict time to train on many processors: compute, all-reduce, bottleneck", add_plan_args, run_plan),
+    "critical-batch": ("fit S_min, E_min and the critical batch size from a study's steps to a target top-1",
+                       add_critical_batch_args, run_critical_batch),
     "benchmark": ("measure this machine's training rate and all-reduce bandwidth; write a plan preset",
                   add_benchmark_args, run_benchmark),
 }

@@ -48,6 +48,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a table over processors=... or batch=... (the other held fixed); "
                              "A..B doubles from A to B, e.g. processors=64..4096")
     parser.add_argument("--json", action="store_true", help="print JSON (one object, or a list for --sweep)")
+    group = parser.add_argument_group(
+        "time to a target accuracy (McCandlish et al. 2018: S(B) = S_min (1 + B_noise / B) steps; "
+        "docs/critical-batch.md)",
+        "Any of these switches to a grid of batch sizes x processor counts (--sweep batch=... or "
+        "processors=... narrows one axis; --processors P fixes it) and names the fastest configuration, "
+        "the one with the fewest processor-hours and a balanced one; --batch-size and --epochs are then unused.")
+    group.add_argument("--noise-scale", type=float, default=None, metavar="N",
+                       help="gradient noise scale B_noise (e.g. the B_simple a run measured with --noise-scale)")
+    group.add_argument("--min-steps", type=float, default=None, metavar="S",
+                       help="S_min: steps to the target with an unlimited batch")
+    group.add_argument("--from-run", default=None, metavar="DIR",
+                       help="read B_noise from a run trained with --noise-scale; with --target-top1 also S_min, "
+                            "from the steps that run needed")
+    group.add_argument("--from-study", default=None, metavar="DIR",
+                       help="read S_min (and B_noise = B_crit, unless given) from a study's fit; needs --target-top1")
+    group.add_argument("--target-top1", type=float, default=None, metavar="X",
+                       help="the target test top-1 (0..1) for --from-run and --from-study")
+    group.add_argument("--variant", default="lars", metavar="NAME",
+                       help="the study's optimizer variant for --from-study (default: lars)")
+    group.add_argument("--min-per-processor", type=float, default=None, metavar="N",
+                       help="smallest per-processor batch on the grid (default: a quarter of the batch the device's "
+                            "rate was measured at, where the rate model is trusted; 1 without one)")
     parser.add_argument("--list", action="store_true", help="list the device and network presets and exit")
     parser.add_argument("--validate", action="store_true",
                         help="predict the published records of docs/planner.md and compare")
@@ -190,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2) if args.json else format_validation(rows))
         return 0
     setup = setup_from_args(args)
+    if any(value is not None for value in (args.noise_scale, args.min_steps, args.from_run, args.from_study)):
+        return run_time_to_target(args, setup)
     if args.sweep:
         key, values = parse_sweep(args.sweep)
         if key == "batch" and args.processors is None:
@@ -210,4 +234,33 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--processors: give the number of processors (or --sweep processors=...)")
     plan = plan_time(setup, args.batch_size, args.processors)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan, setup))
+    return 0
+
+
+DEFAULT_BATCH_GRID = [2 ** k for k in range(5, 18)]       # 32 .. 131,072
+DEFAULT_PROCESSOR_GRID = [2 ** k for k in range(0, 15)]   # 1 .. 16,384
+
+
+def run_time_to_target(args: argparse.Namespace, setup: Setup) -> int:
+    """The statistical planner: time to the target on a grid of batch sizes and processor counts."""
+    from largebatch.plan import statistical
+    model = statistical.steps_model_from_sources(args.noise_scale, args.min_steps, args.from_run, args.from_study,
+                                                 args.target_top1, args.variant)
+    batches, counts = DEFAULT_BATCH_GRID, DEFAULT_PROCESSOR_GRID
+    if args.processors is not None:
+        counts = [args.processors]
+    if args.sweep:
+        key, values = parse_sweep(args.sweep)
+        if key == "batch":
+            batches = values
+        else:
+            counts = values
+    if args.min_per_processor is not None and not args.min_per_processor > 0:
+        raise ConfigError(f"--min-per-processor: expected a number > 0, got {args.min_per_processor}")
+    minimum = args.min_per_processor or statistical.default_min_per_processor(setup)
+    grid = statistical.plan_grid(setup, model, batches, counts, minimum)
+    if args.json:
+        print(json.dumps(statistical.report_dict(setup, model, grid), indent=2))
+    else:
+        print(statistical.format_report(setup, model, grid))
     return 0

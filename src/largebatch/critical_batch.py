@@ -1,0 +1,468 @@
+"""The critical batch size of a study: steps and examples each batch size needed to reach a target.
+
+McCandlish, Kaplan, Amodei et al. 2018 ("An Empirical Model of Large-Batch Training", section 2):
+the steps S and training examples E = S x B that batch size B needs to reach a given target trade
+off as
+
+    (S / S_min - 1) (E / E_min - 1) = 1
+
+with S_min the fewest steps (infinite batch) and E_min the fewest examples (batch of one). With
+E = S B this is S(B) = S_min + E_min / B = S_min (1 + B_crit / B), and the critical batch size
+B_crit = E_min / S_min is the batch at which training takes twice the fewest steps and twice the
+fewest examples. The paper predicts B_crit ~ B_noise, the gradient noise scale measured at the
+target (``largebatch.noise_scale``; B_simple estimates it).
+
+``largebatch critical-batch STUDY_DIR --target-top1 X`` reads a study's run directories (complete or
+still running), finds where each run's test top-1 first reaches X (linear interpolation between
+evaluations, in optimizer steps), fits S_min and E_min by least squares on log S, prints a table and
+writes a plot. Torch-free: matplotlib is imported only to draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from largebatch.errors import ConfigError, UserError
+
+# --- steps to a target ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """Where a run first reached the target: optimizer steps and epochs (interpolated)."""
+
+    steps: float
+    epoch: float
+    note: str = ""
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl records; a half-written last line of a running study is skipped."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return records
+
+
+def steps_to_target(records: list[dict[str, Any]], target_top1: float) -> Crossing | None:
+    """The first crossing of ``target_top1`` by the evaluated records (each with ``step``, ``epoch``,
+    ``top1``), interpolated linearly in steps between the evaluation below the target and the one
+    that reached it. When the first evaluation already reaches it, its step is returned (an upper
+    bound: no earlier point is known). None if the target was never reached."""
+    evaluated = sorted((r for r in records if r.get("top1") is not None), key=lambda r: r["step"])
+    previous = None
+    for record in evaluated:
+        if record["top1"] >= target_top1:
+            if previous is None:
+                return Crossing(float(record["step"]), float(record["epoch"]),
+                                "reached at the first evaluation: an upper bound")
+            fraction = (target_top1 - previous["top1"]) / (record["top1"] - previous["top1"])
+            steps = previous["step"] + fraction * (record["step"] - previous["step"])
+            epoch = previous["epoch"] + fraction * (record["epoch"] - previous["epoch"])
+            return Crossing(steps, epoch)
+        previous = record
+    return None
+
+
+# --- the study's runs ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunPoint:
+    """One run of the study and its crossing of the target (steps None: not reached)."""
+
+    run: str
+    variant: str
+    batch_size: int
+    seed: int
+    lr_factor: float
+    augmentation: str
+    complete: bool
+    steps: float | None
+    examples: float | None
+    epoch: float | None
+    note: str = ""
+    used: bool = False  # the point that stands for its batch size in the fit
+
+
+def _lr_factor(name: str) -> float:
+    tail = name.rsplit("-lr", 1)
+    if len(tail) == 2:
+        try:
+            return float(tail[1])
+        except ValueError:
+            pass
+    return 1.0
+
+
+def study_points(study_dir: Path, target_top1: float, variant: str = "lars",
+                 augmentation: str | None = None) -> list[RunPoint]:
+    """Every run directory of ``variant`` under ``study_dir`` (config.toml and metrics.jsonl; runs
+    still training count once they have reached the target), with its crossing of the target."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise UserError(f"{study_dir}: not a directory (give a study directory, e.g. runs/study_fashion_mnist)")
+    run_dirs = sorted(p.parent for p in study_dir.rglob("metrics.jsonl") if (p.parent / "config.toml").is_file())
+    if not run_dirs:
+        raise UserError(f"{study_dir}: no run directories (config.toml with metrics.jsonl) found")
+    points, variants, augmentations = [], set(), set()
+    for run_dir in run_dirs:
+        config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
+        run_variant = run_dir.name.split("-b")[0] if "-b" in run_dir.name else config["optimizer"]["name"]
+        run_augmentation = config.get("data", {}).get("augmentation", "none")
+        variants.add(run_variant)
+        augmentations.add(run_augmentation)
+        if run_variant != variant or (augmentation is not None and run_augmentation != augmentation):
+            continue
+        batch = int(config["run"]["batch_size"])
+        crossing = steps_to_target(read_records(run_dir / "metrics.jsonl"), target_top1)
+        complete = (run_dir / "summary.json").is_file()
+        if crossing is None:
+            note = "not reached" if complete else "not reached yet (run incomplete)"
+        else:
+            note = crossing.note
+        points.append(RunPoint(
+            run=str(run_dir.relative_to(study_dir)) if run_dir != study_dir else run_dir.name,
+            variant=run_variant, batch_size=batch, seed=int(config["run"].get("seed", 0)),
+            lr_factor=_lr_factor(run_dir.name), augmentation=run_augmentation, complete=complete,
+            steps=crossing.steps if crossing else None,
+            examples=crossing.steps * batch if crossing else None,
+            epoch=crossing.epoch if crossing else None, note=note))
+    if not points:
+        raise UserError(f"{study_dir}: no runs of variant '{variant}'"
+                        + (f" with augmentation '{augmentation}'" if augmentation else "")
+                        + f" (variants found: {', '.join(sorted(variants))}; choose with --variant)")
+    chosen_augmentations = {p.augmentation for p in points}
+    if augmentation is None and len(chosen_augmentations) > 1:
+        raise UserError(f"{study_dir}: runs with several augmentation levels ({', '.join(sorted(chosen_augmentations))}); "
+                        "choose one with --augmentation")
+    return sorted(points, key=lambda p: (p.batch_size, p.seed, p.lr_factor))
+
+
+def steps_by_batch(points: list[RunPoint]) -> dict[int, float]:
+    """One number of steps per batch size: for each seed the best learning-rate factor (fewest
+    steps, the paper's tuned-per-batch assumption), then the mean over seeds. Marks the runs used."""
+    by_batch: dict[int, dict[int, RunPoint]] = {}
+    for point in points:
+        if point.steps is None:
+            continue
+        best = by_batch.setdefault(point.batch_size, {}).get(point.seed)
+        if best is None or point.steps < best.steps:
+            by_batch[point.batch_size][point.seed] = point
+    result = {}
+    for batch, per_seed in sorted(by_batch.items()):
+        for point in per_seed.values():
+            point.used = True
+        result[batch] = statistics.fmean(p.steps for p in per_seed.values())
+    return result
+
+
+# --- the fit ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TradeoffFit:
+    """S(B) = S_min (1 + B_crit / B), E(B) = E_min (1 + B / B_crit), B_crit = E_min / S_min."""
+
+    min_steps: float
+    min_examples: float
+    rms_log_residual: float   # root mean square of log(S measured / S fitted)
+    batch_sizes: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def critical_batch(self) -> float:
+        return self.min_examples / self.min_steps
+
+    def steps(self, batch: float) -> float:
+        return self.min_steps + self.min_examples / batch
+
+    def examples(self, batch: float) -> float:
+        return self.steps(batch) * batch
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "critical_batch": self.critical_batch}
+
+
+def fit_tradeoff(batch_sizes: list[float], steps: list[float]) -> TradeoffFit:
+    """Fit S_min and E_min to measured (B, S) by least squares on log S (each point's relative error
+    counts alike), with S = S_min + E_min / B, the paper's (S/S_min - 1)(E/E_min - 1) = 1 with
+    E = S B. Levenberg-Marquardt on (log S_min, log E_min), started from the linear least-squares
+    solution of S = S_min + E_min / B."""
+    if len(batch_sizes) != len(steps):
+        raise ValueError("batch_sizes and steps differ in length")
+    pairs = sorted((float(b), float(s)) for b, s in zip(batch_sizes, steps))
+    if len({b for b, _ in pairs}) < 2:
+        raise UserError("the fit needs runs of at least two batch sizes that reached the target "
+                        "(lower --target-top1, or wait for more runs to get there)")
+    if any(not (b > 0 and s > 0) for b, s in pairs):
+        raise ValueError("batch sizes and steps must be positive")
+    x = [1.0 / b for b, _ in pairs]
+    y = [s for _, s in pairs]
+    log_y = [math.log(s) for s in y]
+
+    # start: weighted (1/S) linear least squares of S = S_min + E_min x
+    weights = [1.0 / s ** 2 for s in y]
+    sw = sum(weights)
+    sx = sum(w * xi for w, xi in zip(weights, x))
+    sy = sum(w * yi for w, yi in zip(weights, y))
+    sxx = sum(w * xi * xi for w, xi in zip(weights, x))
+    sxy = sum(w * xi * yi for w, xi, yi in zip(weights, x, y))
+    determinant = sw * sxx - sx * sx
+    min_steps = (sxx * sy - sx * sxy) / determinant if determinant else min(y) / 2
+    min_examples = (sw * sxy - sx * sy) / determinant if determinant else min(b * s for b, s in pairs) / 2
+    if not min_steps > 0:
+        min_steps = min(y) / 2
+    if not min_examples > 0:
+        min_examples = min(b * s for b, s in pairs) / 2
+    a, c = math.log(min_steps), math.log(min_examples)
+    # keep the parameters within a wide box so that a degenerate direction cannot run off to infinity
+    low_a, high_a = math.log(max(y)) - 30, math.log(max(y)) + 1
+    low_c, high_c = math.log(min(b * s for b, s in pairs)) - 30, math.log(max(b * s for b, s in pairs)) + 1
+
+    def residuals(a: float, c: float) -> list[float]:
+        return [ly - math.log(math.exp(a) + math.exp(c) * xi) for ly, xi in zip(log_y, x)]
+
+    def cost(a: float, c: float) -> float:
+        return sum(r * r for r in residuals(a, c))
+
+    damping = 1e-3
+    current = cost(a, c)
+    for _ in range(500):
+        # Jacobian of the residuals: d r / d a = -p, d r / d c = -(1 - p), p = S_min / S(B)
+        shares = [math.exp(a) / (math.exp(a) + math.exp(c) * xi) for xi in x]
+        r = residuals(a, c)
+        j_aa = sum(p * p for p in shares)
+        j_cc = sum((1 - p) ** 2 for p in shares)
+        j_ac = sum(p * (1 - p) for p in shares)
+        g_a = -sum(p * ri for p, ri in zip(shares, r))
+        g_c = -sum((1 - p) * ri for p, ri in zip(shares, r))
+        while True:
+            m_aa, m_cc = j_aa * (1 + damping) + 1e-12, j_cc * (1 + damping) + 1e-12
+            det = m_aa * m_cc - j_ac * j_ac
+            step_a = -(m_cc * g_a - j_ac * g_c) / det
+            step_c = -(m_aa * g_c - j_ac * g_a) / det
+            new_a = min(max(a + step_a, low_a), high_a)
+            new_c = min(max(c + step_c, low_c), high_c)
+            new = cost(new_a, new_c)
+            if new <= current or damping > 1e12:
+                break
+            damping *= 10
+        moved = abs(new_a - a) + abs(new_c - c)
+        if new <= current:
+            a, c, current = new_a, new_c, new
+            damping = max(damping / 10, 1e-12)
+        if moved < 1e-12 or damping > 1e12:
+            break
+
+    fit_min_steps, fit_min_examples = math.exp(a), math.exp(c)
+    batches = [int(b) if b == int(b) else b for b, _ in pairs]
+    fit = TradeoffFit(fit_min_steps, fit_min_examples, math.sqrt(current / len(pairs)), batches)
+    smallest, largest = pairs[0][0], pairs[-1][0]
+    if fit.critical_batch > 4 * largest:
+        fit.notes.append(f"B_crit {fit.critical_batch:,.0f} is beyond 4x the largest batch measured ({largest:,.0f}): "
+                         "steps still fall almost as 1/B there, so S_min and B_crit are extrapolated "
+                         "(B_crit is then a lower bound at best)")
+    if fit.critical_batch < smallest / 4:
+        fit.notes.append(f"B_crit {fit.critical_batch:,.0f} is below a quarter of the smallest batch measured "
+                         f"({smallest:,.0f}): steps barely fall with the batch, so E_min and B_crit are "
+                         "extrapolated")
+    if len(pairs) == 2:
+        fit.notes.append("two batch sizes: the curve passes through both points, nothing checks the model")
+    return fit
+
+
+# --- the noise scale a run measured ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoiseReading:
+    value: float
+    epoch: float | None   # the record it was read from (None: given on the command line)
+    note: str
+
+
+def noise_scale_from_run(run_dir: str | Path, target_top1: float | None = None) -> NoiseReading:
+    """The smoothed ``grad_noise_scale`` a run logged: at the evaluation nearest to where it first
+    reached ``target_top1`` (the paper compares B_crit with the noise scale at the target), else its
+    last resolved value."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl (give a run directory trained with --noise-scale)")
+    records = read_records(path)
+    measured = [r for r in records if "grad_noise_scale" in r]
+    if not measured:
+        raise UserError(f"{path}: no grad_noise_scale in the records (train with --noise-scale)")
+    resolved = [r for r in measured if r["grad_noise_scale"] is not None and r["grad_noise_scale"] > 0]
+    if not resolved:
+        raise UserError(f"{path}: every grad_noise_scale is unresolved (the smoothed |G|^2 was never positive); "
+                        "give --noise-scale instead")
+    unresolved = len(measured) - len(resolved)
+    extra = f"; {unresolved} of {len(measured)} epochs unresolved" if unresolved else ""
+    def spread(record: dict[str, Any]) -> str:
+        # the relative standard error of B_simple is about that of |G|^2 (tr Sigma is far better determined)
+        stderr, norm_sq = record.get("grad_norm_sq_stderr"), record.get("grad_norm_sq")
+        return f" +- {100 * stderr / norm_sq:.0f}%" if stderr is not None and norm_sq else ""
+
+    crossing = steps_to_target(records, target_top1) if target_top1 else None
+    if crossing is not None:
+        nearest = min(resolved, key=lambda r: (abs(r["epoch"] - crossing.epoch), -r["epoch"]))
+        return NoiseReading(float(nearest["grad_noise_scale"]), float(nearest["epoch"]),
+                            f"epoch {nearest['epoch']}{spread(nearest)}, nearest to where the run reached top-1 "
+                            f"{target_top1:g} (epoch {crossing.epoch:.2f}){extra}")
+    last = resolved[-1]
+    reason = f"the run never reached top-1 {target_top1:g}; " if target_top1 else ""
+    return NoiseReading(float(last["grad_noise_scale"]), float(last["epoch"]),
+                        f"{reason}last resolved value, epoch {last['epoch']}{spread(last)}{extra}")
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def format_report(points: list[RunPoint], fit: TradeoffFit | None, target_top1: float,
+                  noise: NoiseReading | None = None) -> str:
+    lines = [f"steps and examples to reach top-1 {target_top1:g}",
+             f"{'run':<34} {'batch':>7} {'steps':>9} {'examples':>12} {'epoch':>7} {'fit S(B)':>9}  note"]
+    for p in points:
+        fitted = f"{fit.steps(p.batch_size):>9,.0f}" if fit else f"{'':>9}"
+        if p.steps is None:
+            lines.append(f"{p.run:<34} {p.batch_size:>7,} {'-':>9} {'-':>12} {'-':>7} {fitted}  {p.note}")
+        else:
+            note = p.note + ("" if p.used else ("; " if p.note else "") + "not used (a better LR or another seed stands for this batch)")
+            lines.append(f"{p.run:<34} {p.batch_size:>7,} {p.steps:>9,.0f} {p.examples:>12,.0f} {p.epoch:>7.2f} "
+                         f"{fitted}  {note}")
+    if fit is None:
+        return "\n".join(lines)
+    lines += ["",
+              f"fit   S_min {fit.min_steps:,.0f} steps, E_min {fit.min_examples:,.0f} examples, "
+              f"B_crit = E_min / S_min = {fit.critical_batch:,.0f}  (rms error of log S: {fit.rms_log_residual:.3f}, "
+              f"{len(fit.batch_sizes)} batch sizes)"]
+    lines += [f"note  {note}" for note in fit.notes]
+    if noise is not None:
+        ratio = fit.critical_batch / noise.value
+        lines.append(f"noise scale B_simple {noise.value:,.0f} ({noise.note}); "
+                     f"B_crit / B_simple = {ratio:.2f}")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(points: list[RunPoint], fit: TradeoffFit, path: Path, target_top1: float,
+                  noise: NoiseReading | None = None, title: str = "") -> None:
+    """Steps against examples (log-log): the measured points labelled by batch size, the fitted
+    curve, its asymptotes S_min and E_min, B_crit (where S = 2 S_min and E = 2 E_min) and the
+    measured noise scale (the fitted curve at B = B_simple, and the line E = B_simple S)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    used = [p for p in points if p.steps is not None and p.used]
+    other = [p for p in points if p.steps is not None and not p.used]
+    batches = [p.batch_size for p in used]
+    low = min(batches + [fit.critical_batch]) / 8
+    high = max(batches + [fit.critical_batch]) * 8
+    if noise is not None:
+        low, high = min(low, noise.value / 8), max(high, noise.value * 8)
+    grid = [low * (high / low) ** (i / 199) for i in range(200)]
+    ax.plot([fit.examples(b) for b in grid], [fit.steps(b) for b in grid], color="C0",
+            label="fit: (S/S_min - 1)(E/E_min - 1) = 1")
+    ax.axhline(fit.min_steps, color="C0", linestyle=":", linewidth=1)
+    ax.axvline(fit.min_examples, color="C0", linestyle=":", linewidth=1)
+    ax.annotate(f"S_min = {fit.min_steps:,.0f}", (fit.examples(high), fit.min_steps), textcoords="offset points",
+                xytext=(-90, -12), fontsize=8, color="C0")
+    ax.annotate(f"E_min = {fit.min_examples:,.3g}", (fit.min_examples, fit.steps(low)), textcoords="offset points",
+                xytext=(4, -10), fontsize=8, color="C0")
+    ax.scatter([p.examples for p in used], [p.steps for p in used], color="C1", zorder=3, label="measured")
+    if other:
+        ax.scatter([p.examples for p in other], [p.steps for p in other], color="C1", alpha=0.35, zorder=3,
+                   label="other LRs / not used")
+    for p in used:
+        ax.annotate(f"B={p.batch_size}", (p.examples, p.steps), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    crit = fit.critical_batch
+    ax.scatter([fit.examples(crit)], [fit.steps(crit)], marker="*", s=180, color="C2", zorder=4,
+               label=f"B_crit = {crit:,.0f} (fit)")
+    if noise is not None:
+        ax.scatter([fit.examples(noise.value)], [fit.steps(noise.value)], marker="D", s=60, color="C3", zorder=4,
+                   label=f"B_simple = {noise.value:,.0f} (measured, on the fitted curve)")
+        steps_line = [fit.min_steps * 0.5, max(fit.steps(b) for b in grid)]
+        ax.plot([noise.value * s for s in steps_line], steps_line, color="C3", linestyle="--", linewidth=1,
+                label="E = B_simple x S")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("examples E to reach the target (images)")
+    ax.set_ylabel("optimizer steps S to reach the target")
+    ax.set_title(title or f"Steps versus examples to top-1 {target_top1:g}")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study_dir", help="a study directory (runs may still be training)")
+    parser.add_argument("--target-top1", type=float, required=True, metavar="X",
+                        help="test top-1 (0..1) every batch size should reach, e.g. 0.90")
+    parser.add_argument("--variant", default="lars", metavar="NAME",
+                        help="which optimizer variant of the study (default: lars)")
+    parser.add_argument("--augmentation", default=None, metavar="LEVEL",
+                        help="which augmentation level, when the study has several (default: the only one)")
+    parser.add_argument("--noise-scale", type=float, default=None, metavar="N",
+                        help="a measured gradient noise scale to mark on the plot (default: none)")
+    parser.add_argument("--noise-run", default=None, metavar="DIR",
+                        help="read the noise scale from this run's metrics.jsonl (trained with --noise-scale)")
+    parser.add_argument("--out", default="", metavar="DIR",
+                        help="where to write critical_batch.png and critical_batch.json (default: STUDY_DIR)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.target_top1 <= 1:
+        raise ConfigError(f"--target-top1: expected a fraction in (0, 1], got {args.target_top1}")
+    if args.noise_scale is not None and args.noise_run:
+        raise ConfigError("give --noise-scale N or --noise-run DIR, not both")
+    if args.noise_scale is not None and not args.noise_scale > 0:
+        raise ConfigError(f"--noise-scale: expected a number > 0, got {args.noise_scale}")
+    points = study_points(Path(args.study_dir), args.target_top1, args.variant, args.augmentation)
+    by_batch = steps_by_batch(points)
+    fit = fit_tradeoff(list(by_batch), list(by_batch.values())) if len(by_batch) >= 2 else None
+    noise = None
+    if args.noise_scale is not None:
+        noise = NoiseReading(args.noise_scale, None, "given with --noise-scale")
+    elif args.noise_run:
+        noise = noise_scale_from_run(args.noise_run, args.target_top1)
+    out = Path(args.out or args.study_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"target_top1": args.target_top1, "variant": args.variant,
+              "points": [asdict(p) for p in points], "steps_by_batch": by_batch,
+              "fit": fit.to_dict() if fit else None,
+              "noise_scale": asdict(noise) if noise else None,
+              "critical_batch_over_noise_scale": fit.critical_batch / noise.value if fit and noise else None}
+    (out / "critical_batch.json").write_text(json.dumps(result, indent=2) + "\n")
+    if fit is not None:
+        plot_tradeoff(points, fit, out / "critical_batch.png", args.target_top1, noise,
+                      title=f"{args.variant}: steps versus examples to top-1 {args.target_top1:g}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_report(points, fit, args.target_top1, noise))
+        if fit is None:
+            print(f"\nonly {len(by_batch)} batch size(s) reached top-1 {args.target_top1:g}: the fit needs two "
+                  "(lower --target-top1, or wait for more runs)")
+        else:
+            print(f"\nwrote {out / 'critical_batch.png'} and {out / 'critical_batch.json'}")
+    return 0 if fit is not None else 1
