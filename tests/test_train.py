@@ -134,3 +134,16 @@ def test_step_records_log_trust_ratios_every_n_steps(tiny_data, tmp_path):
     for r in steps:
         assert 0 < r["trust_ratio_min"] <= r["trust_ratio_median"] <= r["trust_ratio_max"]
     assert [r["epoch"] for r in epoch_records(records)] == [1]
+
+
+def test_noise_scale_is_logged_per_epoch(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, epochs=2, noise_scale=True))
+    records = epoch_records(read_metrics(out / "metrics.jsonl"))
+    for record in records:
+        assert {"grad_noise_scale", "grad_norm_sq", "grad_trace_sigma"} <= set(record)
+        assert record["grad_trace_sigma"] > 0
+        if record["grad_norm_sq"] > 0:  # resolved: B_simple = tr(Sigma) / |G|^2
+            assert record["grad_noise_scale"] == pytest.approx(record["grad_trace_sigma"] / record["grad_norm_sq"])
+        else:
+            assert record["grad_noise_scale"] is None

@@ -152,6 +152,10 @@ class RunConfig:
     threads: int = option(0, "CPU threads per process (0: $OMP_NUM_THREADS, else the cores divided among local processes)", min=0)
     target_top1: float = option(0.0, "record when test top-1 first reaches this (0: off)", min=0.0, max=1.0)
     stop_at_target: bool = option(False, "stop the run once target_top1 is reached")
+    noise_scale: bool = option(False, "measure the gradient noise scale B_simple (McCandlish et al. 2018) from the "
+                               "micro-batch (one process) or per-process gradients; logged per epoch as "
+                               "grad_noise_scale (docs/critical-batch.md)")
+    noise_scale_every: int = option(1, "measure the noise scale every N optimizer steps", min=1)
 
 
 @dataclass

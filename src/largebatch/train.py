@@ -31,6 +31,7 @@ from largebatch.data.sampler import StreamSampler
 from largebatch.data.prefetch import machine_input_settings, prefetch_to_device
 from largebatch.errors import CheckpointError, ConfigError, UserError
 from largebatch.evaluate import evaluate
+from largebatch.noise_scale import NoiseScaleMonitor
 from largebatch.optim import build_optimizer, describe_groups, trust_ratio_summary
 from largebatch.precision import Precision
 from largebatch.progress import MetricsLog, Progress, epoch_records
@@ -183,14 +184,15 @@ def train(config: Config, resume: str = "") -> dict[str, Any]:
 
 def forward_backward(model: torch.nn.Module, micro_batches: list, normalizer: Normalizer, precision: Precision,
                      per_process_batch: int, ddp: bool, augmenter: BatchAugmenter | None = None, step: int = 0,
-                     offset: int = 0) -> torch.Tensor:
+                     offset: int = 0, monitor: NoiseScaleMonitor | None = None) -> torch.Tensor:
     """Accumulate the gradient of this process's part of the global batch; return the summed loss.
 
     Each micro-batch's loss is summed over its images and divided by the per-process batch, so the
     accumulated gradient is the mean over this process's images, whatever the micro-batch split;
     DDP then averages over processes (its all-reduce runs on the last micro-batch only).
     ``augmenter`` (batched, on the device) sees each micro-batch with its ``offset`` in the global
-    batch of ``step``, so the augmented stream does not depend on the split or on a resume."""
+    batch of ``step``, so the augmented stream does not depend on the split or on a resume.
+    ``monitor`` (gradient noise scale) sees the gradient before and after each micro-batch."""
     device = normalizer.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     for index, (images, labels) in enumerate(micro_batches):
@@ -200,11 +202,15 @@ def forward_backward(model: torch.nn.Module, micro_batches: list, normalizer: No
             images, targets = augmenter(images, targets, step, offset)  # pixel units, before normalising
         offset += len(labels)
         with contextlib.nullcontext() if last or not ddp else model.no_sync():
+            if monitor is not None:
+                monitor.before_micro_batch(index)
             with precision.autocast():
                 logits = model(normalizer(images))
             loss = batch_loss(logits.to(precision.parameter_dtype), targets,
                               augmenter.label_smoothing if augmenter is not None else 0.0)
             precision.backward(loss / per_process_batch)
+            if monitor is not None:
+                monitor.after_micro_batch(index, len(labels))
         loss_sum += loss.detach()
     return loss_sum
 
@@ -275,6 +281,13 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
         skipped_steps = state.get("skipped_steps", 0)
         restore_skipped(state.get("skipped_files", []))
     ddp_model = distributed.wrap_model(model, context)
+    monitor = None
+    if run.noise_scale:  # before compile and before the first backward (it registers a DDP communication hook)
+        monitor = NoiseScaleMonitor(model, ddp_model, context.world_size, batches.per_process_batch, run.batch_size,
+                                    batches.accumulation_steps, smoothing=1.0,
+                                    every=run.noise_scale_every, precision=precision.name)
+        if state is not None and state.get("noise_scale"):
+            monitor.load_state_dict(state["noise_scale"])
     train_model = torch.compile(ddp_model) if run.compile else ddp_model
 
     log = MetricsLog(out / "metrics.jsonl", enabled=context.is_main)
@@ -300,7 +313,8 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
                      "rng": rng_state(), "metrics": records, "train_time_s": train_time,
                      "epoch_accumulators": [epoch_loss, epoch_steps, epoch_images, epoch_time],
                      "skipped_steps": skipped_steps, "skipped_files": skipped, "config": config_to_dict(config),
-                     "scaler": precision.scaler.state_dict() if precision.scaler is not None else {}}
+                     "scaler": precision.scaler.state_dict() if precision.scaler is not None else {},
+                     "noise_scale": monitor.state_dict() if monitor is not None else {}}
             checkpoint.save(out / "checkpoints", step, state, keep=run.keep_checkpoints)
         distributed.barrier(context)
 
@@ -330,7 +344,9 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
             step_start = time.perf_counter()
             loss_sum = forward_backward(train_model, next(data_stream), normalizer, precision,
                                         batches.per_process_batch, context.enabled, augmenter, step,
-                                        context.rank * batches.per_process_batch)
+                                        context.rank * batches.per_process_batch, monitor)
+            if monitor is not None:
+                monitor.after_backward()  # every rank: a one-number all-reduce with several processes
             # 3. all ranks agree on the loss and on a stop request before the weights change
             flags = torch.stack([loss_sum, torch.tensor(float(stop.requested), device=device, dtype=torch.float64)])
             distributed.all_reduce_sum(flags, context)
@@ -372,6 +388,9 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
                           "elapsed_s": time.perf_counter() - started, "train_time_s": train_time}
                 if precision.scaler is not None:
                     record["skipped_steps"] = skipped_steps
+                if monitor is not None:  # this epoch's mean of the |G|^2 and tr(Sigma) estimates, and their ratio
+                    record.update(monitor.values())
+                    monitor.reset()
                 if epoch % run.eval_every == 0 or finished:
                     record.update(run_evaluation())
                     record["elapsed_s"] = time.perf_counter() - started
