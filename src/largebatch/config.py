@@ -102,7 +102,7 @@ class RunConfig:
     batch_size: int = option(4096, "GLOBAL batch size (all processes and accumulation steps together)", min=1)
     micro_batch_size: int = option(
         0, "images per forward/backward pass per process; accumulation covers the rest (0: automatic)", min=0)
-    seed: int = option(0, "random seed (data order, initialisation, augmentation)", min=0)
+    seed: int = option(0, "random seed (data order, initialisation, augmentation)", min=0, max=2**32 - 1)
     out: str = option("", "run directory (empty: runs/<recipe>-b<batch>-<optimizer>-s<seed>)")
     eval_every: int = option(1, "evaluate on the test set every N epochs (and always at the end)", min=1)
     checkpoint_every: int = option(1, "save a checkpoint every N epochs (and at the end)", min=1)
@@ -173,6 +173,14 @@ def _describe(f: dataclasses.Field) -> str:
     return kind
 
 
+def _finite(number: int | float) -> bool:
+    """A finite number that converts to a float (TOML integers may have hundreds of digits)."""
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:
+        return False
+
+
 def check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
     """Return ``value`` converted to the field's type, or raise a one-line ConfigError."""
     def bad() -> ConfigError:
@@ -188,11 +196,9 @@ def check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad()
     elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise bad()
         value = float(value)
-        if math.isinf(value):
-            raise bad()
     elif kind == "str":
         if not isinstance(value, str):
             raise bad()
@@ -201,7 +207,7 @@ def check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
         return value
     elif kind == "list":
         if not isinstance(value, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+                isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) for v in value):
             raise bad()
         return [float(v) for v in value]
     lo, hi = m.get("min"), m.get("max")
