@@ -224,8 +224,8 @@ def build_parser() -> Parser:
 
 # Faults of the machine rather than of our code: a full disk, a read-only or forbidden folder, a
 # file where a folder should be. They get one line naming the file, like a user error.
-ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
-                      errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+ENVIRONMENT_ERRORS = DISK_FULL | {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
@@ -271,8 +271,10 @@ def _main(argv: list[str]) -> int:
         if error.errno not in ENVIRONMENT_ERRORS:
             raise
         where = f" {error.filename}" if error.filename else ""
-        print(f"largebatch: error: cannot write or read{where}: {error.strerror or error}; fix this, then "
-              "continue the run with --resume auto", file=sys.stderr)
+        advice = ("free some space, then continue the run with --resume auto" if error.errno in DISK_FULL
+                  else "check the path and its permissions")
+        print(f"largebatch: error: cannot write or read{where}: {error.strerror or error}; {advice}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("largebatch: interrupted", file=sys.stderr)
