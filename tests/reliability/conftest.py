@@ -33,7 +33,10 @@ def cli(capsys):
     """``cli(argv)`` -> (exit code, stdout, stderr) of ``largebatch`` run in this process."""
     def run(argv: list[str]) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = main(argv)
+        try:
+            code = main(argv)
+        except SystemExit as exit:  # argparse's own errors and --help
+            code = exit.code
         captured = capsys.readouterr()
         return code, captured.out, captured.err
     return run
