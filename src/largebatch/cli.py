@@ -228,14 +228,14 @@ DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 ENVIRONMENT_ERRORS = DISK_FULL | {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 
 
+_python_format_warning = warnings.formatwarning
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """Our own warnings (a skipped checkpoint) in one line; others (torch's) as Python prints them."""
     if issubclass(category, CheckpointWarning):
         return f"largebatch: warning: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
-
-
-_python_format_warning = warnings.formatwarning
 
 
 def main(argv: list[str] | None = None) -> int:
