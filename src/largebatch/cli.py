@@ -8,12 +8,15 @@ answer at once. User mistakes print one line (``largebatch: error: ...``) and ex
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
+import warnings
 from typing import Any
 
 from largebatch import config as cfg
-from largebatch.errors import UserError
+from largebatch.errors import CheckpointWarning, UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -233,8 +236,41 @@ def build_parser() -> Parser:
     return parser
 
 
+# Faults of the machine rather than of our code: a full disk, a read-only or forbidden folder, a
+# file where a folder should be. They get one line naming the file, like a user error.
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+ENVIRONMENT_ERRORS = DISK_FULL | {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
+
+_python_format_warning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Our own warnings (a skipped checkpoint) in one line; others (torch's) as Python prints them."""
+    if issubclass(category, CheckpointWarning):
+        return f"largebatch: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    warnings.formatwarning = _format_warning
+    try:
+        try:
+            return _main(sys.argv[1:] if argv is None else argv)
+        finally:
+            sys.stdout.flush()  # here, inside the try: a closed pipe must raise now, not at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`largebatch models | head -1`): stop quietly, as cat does, and point
+        # stdout at /dev/null so the interpreter's last flush does not raise again (Python's documented
+        # recipe for SIGPIPE).
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+            pass
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     if not argv:
         parser.print_help()
@@ -244,6 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except UserError as error:
         print(f"largebatch: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRORS:
+            raise
+        where = f" {error.filename}" if error.filename else ""
+        advice = ("free some space, then continue the run with --resume auto" if error.errno in DISK_FULL
+                  else "check the path and its permissions")
+        print(f"largebatch: error: cannot write or read{where}: {error.strerror or error}; {advice}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("largebatch: interrupted", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ class RunConfig:
     batch_size: int = option(4096, "GLOBAL batch size (all processes and accumulation steps together)", min=1)
     micro_batch_size: int = option(
         0, "images per forward/backward pass per process; accumulation covers the rest (0: automatic)", min=0)
-    seed: int = option(0, "random seed (data order, initialisation, augmentation)", min=0)
+    seed: int = option(0, "random seed (data order, initialisation, augmentation)", min=0, max=2**32 - 1)
     out: str = option("", "run directory (empty: runs/<recipe>-b<batch>-<optimizer>-s<seed>)")
     eval_every: int = option(1, "evaluate on the test set every N epochs (and always at the end)", min=1)
     checkpoint_every: int = option(1, "save a checkpoint every N epochs (and at the end)", min=1)
@@ -209,10 +210,23 @@ def _describe(f: dataclasses.Field) -> str:
     return kind
 
 
+def _finite(number: int | float) -> bool:
+    """A finite number that converts to a float (TOML integers may have hundreds of digits)."""
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:
+        return False
+
+
+def _control_character(text: str, allowed: str = "") -> str:
+    """The first control character (\\x00-\\x1f, \\x7f-\\x9f) in ``text`` not in ``allowed``, or ''."""
+    return next((c for c in text if unicodedata.category(c) == "Cc" and c not in allowed), "")
+
+
 def check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
     """Return ``value`` converted to the field's type, or raise a one-line ConfigError."""
     def bad() -> ConfigError:
-        shown = repr(value) if not isinstance(value, str) else f"'{value}'"
+        shown = repr(value)  # quoted and escaped: a value holding a newline still gives one line
         return ConfigError(f"{key}: expected {_describe(f)}, got {shown[:80]}")
 
     kind, m = f.type, f.metadata
@@ -224,20 +238,21 @@ def check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad()
     elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise bad()
         value = float(value)
-        if math.isinf(value):
-            raise bad()
     elif kind == "str":
         if not isinstance(value, str):
             raise bad()
+        control = _control_character(value)
+        if control:  # a typo or paste accident; config.toml could not hold it either
+            raise ConfigError(f"{key}: contains the control character {control!r}, in {value[:80]!r}")
         if m.get("choices") and value not in m["choices"]:
             raise bad()
         return value
     elif kind == "list":
         if not isinstance(value, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+                isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) for v in value):
             raise bad()
         return [float(v) for v in value]
     lo, hi = m.get("min"), m.get("max")
@@ -263,7 +278,7 @@ def find_recipe(name_or_path: str) -> Path:
         return path
     path = RECIPE_DIR / f"{name_or_path}.toml"
     if not path.is_file():
-        raise ConfigError(f"unknown recipe '{name_or_path}' (built-in: {', '.join(recipe_names())}; "
+        raise ConfigError(f"unknown recipe {name_or_path!r} (built-in: {', '.join(recipe_names())}; "
                           "or give a path to a .toml file)")
     return path
 
@@ -292,13 +307,16 @@ def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict[str, dict[str, Any
         if key in ("description", "recipe"):
             if not isinstance(value, str):
                 raise ConfigError(f"recipe {path}: '{key}' must be a string")
+            control = _control_character(value, allowed="\t\n" if key == "description" else "")
+            if control:
+                raise ConfigError(f"recipe {path}: '{key}' contains the control character {control!r}")
             meta[key] = value
         elif key in SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"recipe {path}: [{key}] must be a table")
             merged.setdefault(key, {}).update(value)
         else:
-            raise ConfigError(f"recipe {path}: unknown key '{key}' (allowed: {', '.join(SECTIONS)}, "
+            raise ConfigError(f"recipe {path}: unknown key {key!r} (allowed: {', '.join(SECTIONS)}, "
                               "description, extends)")
     if "recipe" not in raw:
         meta["recipe"] = path.stem  # a recipe that extends another is named after itself
@@ -320,7 +338,7 @@ def build_config(recipe: dict[str, dict[str, Any]] | None = None,
         known = {f.name: f for f in section_fields(section)}
         for key in given:
             if key not in known:
-                raise ConfigError(f"unknown key '{section}.{key}' (allowed in [{section}]: "
+                raise ConfigError(f"unknown key {f'{section}.{key}'!r} (allowed in [{section}]: "
                                   f"{', '.join(known)})")
         kwargs = {key: check_value(f"{section}.{key}", known[key], v) for key, v in given.items()}
         values[section] = Config.__dataclass_fields__[section].default_factory(**kwargs)

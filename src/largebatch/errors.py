@@ -19,3 +19,8 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, unsafe or from another model."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped (corrupt, truncated) and an older one used; the command line prints
+    it as one line, ``largebatch: warning: ...``."""
