@@ -65,8 +65,19 @@ def setup(device: str = "auto", backend: str = "auto", threads: int = 0) -> Dist
         if backend == "nccl" and chosen_device.type != "cuda":
             raise ConfigError("run.backend: nccl needs CUDA devices; use --backend gloo on CPU")
         if not dist.is_initialized():
-            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
-                                    **({"device_id": chosen_device} if backend == "nccl" else {}))
+            timeout = datetime.timedelta(minutes=30)
+            extra = {"device_id": chosen_device} if backend == "nccl" else {}
+            if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+                # torchrun's agent store outlives a restarted group, and torch 2.13 does not prefix its keys
+                # per attempt: a restarted rank can read the dead rank 0's address and fail (or hang).
+                # A prefix per restart keeps each attempt's rendezvous keys apart.
+                attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+                store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                                      is_master=False, timeout=timeout)
+                dist.init_process_group(backend, store=dist.PrefixStore(f"attempt_{attempt}", store), rank=rank,
+                                        world_size=world_size, timeout=timeout, **extra)
+            else:
+                dist.init_process_group(backend, timeout=timeout, **extra)
         context.backend = backend
     return context
 

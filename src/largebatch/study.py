@@ -74,7 +74,7 @@ def load_study(path_or_name: str, out: str = "") -> Study:
         path = builtin
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"study {path}: not valid TOML ({error})") from None
     for key in raw:
         if key not in ("study", "variants", "description"):

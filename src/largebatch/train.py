@@ -38,6 +38,9 @@ from largebatch.progress import MetricsLog, Progress, epoch_records
 from largebatch.schedule import build_schedule, scaled_lr
 
 
+MIN_LOSS_SCALE = 1e-4  # fp16: below this the run is diverging, not overflowing now and then (fairseq's minimum)
+
+
 class DivergenceError(UserError):
     """The loss became NaN or infinite at ``step`` (learning rate ``lr``)."""
 
@@ -135,6 +138,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def prepare_run_dir(config: Config, context: distributed.DistributedContext, resume: str) -> Path:
+    """The run directory, refusing to start a new run over one that has checkpoints. Its
+    config.toml is written once the run has started (or its checkpoint has loaded)."""
     out = Path(config.run.out) if config.run.out else default_run_dir(config)
     if context.is_main:
         existing = checkpoint.list_checkpoints(out / "checkpoints")
@@ -142,18 +147,37 @@ def prepare_run_dir(config: Config, context: distributed.DistributedContext, res
             raise ConfigError(f"--out {out} already holds a run with checkpoints; continue it with "
                               "--resume auto, or choose another --out")
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        checkpoint.write_atomic(out / "config.toml", to_toml(config).encode())
     distributed.barrier(context)
     return out
 
 
-def find_resume_state(resume: str, out: Path, device: torch.device) -> dict[str, Any] | None:
+def find_resume_state(resume: str, out: Path, device: torch.device) -> tuple[Path, dict[str, Any]] | None:
+    """(checkpoint path, state) to resume from: the newest valid one for ``auto`` (None if the run
+    has none yet), or the given file."""
     if not resume:
         return None
     if resume == "auto":
-        found = checkpoint.load_latest(out / "checkpoints", map_location=device)
-        return found[1] if found else None
-    return checkpoint.load(Path(resume), map_location=device)
+        return checkpoint.load_latest(out / "checkpoints", map_location=device)
+    return Path(resume), checkpoint.load(Path(resume), map_location=device)
+
+
+# The settings that define a run's data order and schedule: a resume must not change them.
+# (The LR and the number of epochs may change: the divergence message suggests lowering the LR.)
+RUN_DEFINING_KEYS = (("model", "name"), ("optimizer", "name"), ("data", "dataset"), ("run", "batch_size"),
+                     ("run", "seed"))
+
+
+def check_resume_config(saved: dict[str, Any], config: Config, source: Path) -> None:
+    """Refuse, naming each key, a resume whose run-defining settings differ from the checkpoint's."""
+    differences = []
+    for section, key in RUN_DEFINING_KEYS:
+        before = saved.get(section, {}).get(key)
+        now = getattr(getattr(config, section), key)
+        if before is not None and before != now:
+            differences.append(f"{section}.{key} is {before!r} there and {now!r} here")
+    if differences:
+        raise CheckpointError(f"checkpoint {source} does not fit this run ({'; '.join(differences)}); resume with "
+                              "the run's settings (its config.toml) or start a new run with another --out")
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -264,13 +288,16 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
     # Resume: weights, optimizer, scaler, step, RNG and the metrics so far.
     start_step, records, train_time, skipped_steps = 0, [], 0.0, 0
     epoch_loss, epoch_steps, epoch_images, epoch_time = 0.0, 0, 0, 0.0  # since the last epoch's end
-    state = find_resume_state(resume, out, device)
-    if state is not None:
-        load_model_state(model, state["model"], resume)
+    found = find_resume_state(resume, out, device)
+    state = found[1] if found else None
+    if found is not None:
+        source, state = found
+        load_model_state(model, state["model"], str(source))
+        check_resume_config(state.get("config", {}), config, source)
         try:
             optimizer.load_state_dict(state["optimizer"])
         except ValueError as error:
-            raise CheckpointError(f"checkpoint {resume}: its optimizer state does not fit this optimizer's parameter "
+            raise CheckpointError(f"checkpoint {source}: its optimizer state does not fit this optimizer's parameter "
                                   f"groups ({error}); resume with the optimizer settings of the run (skip_adaptation, "
                                   "skip_weight_decay) or start a new run") from None
         if precision.scaler is not None and state.get("scaler"):
@@ -292,6 +319,8 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
 
     log = MetricsLog(out / "metrics.jsonl", enabled=context.is_main)
     log.reset(records)
+    if context.is_main:  # only now: a refused resume leaves the run directory as it was
+        checkpoint.write_atomic(out / "config.toml", to_toml(config).encode())
     progress = Progress(schedule.total_steps, run.epochs, enabled=context.is_main)
     derived = {"global_batch_size": run.batch_size, "processes": context.world_size,
                "per_process_batch": batches.per_process_batch, "micro_batch_size": batches.micro_batch_size,
@@ -360,6 +389,12 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
             # 4. the optimizer step (fp16: skipped when the scaled gradients overflowed), then drop the gradients
             if not precision.step(optimizer):
                 skipped_steps += 1
+                if precision.scaler.get_scale() < MIN_LOSS_SCALE:
+                    raise DivergenceError(
+                        f"fp16 loss scale fell below {MIN_LOSS_SCALE:g} at step {step} (lr {lr:.4g}): the loss or "
+                        f"gradients overflow at every step ({skipped_steps} steps skipped); lower --lr, raise "
+                        "--warmup-epochs or use --precision bf16, then resume with --resume auto",
+                        step=step, lr=lr, epoch=sampler.epoch_at(step))
             optimizer.zero_grad(set_to_none=True)
             step += 1
             elapsed = time.perf_counter() - step_start

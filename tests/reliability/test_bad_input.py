@@ -217,8 +217,6 @@ def test_bad_command_line_through_the_real_command(argv, message, tmp_path, tiny
     assert result.returncode == 2
 
 
-@pytest.mark.xfail(strict=True, reason="study.py: load_study catches TOMLDecodeError but not UnicodeDecodeError, "
-                   "so a study file that is not UTF-8 ends in a traceback; catch both, as config.load_recipe does")
 def test_study_file_that_is_not_utf8(tmp_path, helpers, cli):
     study = tmp_path / "latin1.toml"
     study.write_bytes("description = \"caf\xe9\"\n".encode("latin-1"))

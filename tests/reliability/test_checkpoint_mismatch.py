@@ -50,9 +50,6 @@ def test_plain_state_dict_is_not_taken_for_a_checkpoint(tmp_path, helpers, cli, 
     helpers.assert_one_line_error(code, err, str(weights), "not a largebatch checkpoint")
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: load_model_state(model, state['model'], resume) gets the "
-                   "string 'auto', so the message says 'checkpoint auto does not fit'; pass the path that "
-                   "load_latest found")
 def test_resume_auto_into_another_model_names_the_checkpoint_file(finished_run, tmp_path, helpers, cli):
     source, flags = finished_run
     out = helpers.copy_run(source, tmp_path / "run")
@@ -60,10 +57,6 @@ def test_resume_auto_into_another_model_names_the_checkpoint_file(finished_run, 
     helpers.assert_one_line_error(code, err, "does not fit this model", str(latest(out)))
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: prepare_run_dir writes config.toml before the checkpoint "
-                   "is loaded, so a refused resume (--model resnet20 --resume auto) replaces the run's "
-                   "config.toml; the resume command the run printed then fails too. Write config.toml "
-                   "only once the resumed state has loaded")
 def test_refused_resume_leaves_the_run_directory_unchanged(finished_run, tmp_path, helpers, cli):
     source, flags = finished_run
     out = helpers.copy_run(source, tmp_path / "run")
@@ -73,9 +66,6 @@ def test_refused_resume_leaves_the_run_directory_unchanged(finished_run, tmp_pat
     assert {**helpers.file_digests(out), **helpers.file_digests(out / "checkpoints")} == before
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: optimizer.load_state_dict of a LARS checkpoint into SGD "
-                   "raises KeyError('dampening') with a traceback; compare the checkpoint's "
-                   "config['optimizer']['name'] first and raise CheckpointError naming both")
 def test_checkpoint_of_another_optimizer_is_one_line(finished_run, tmp_path, helpers, cli):
     source, flags = finished_run
     halfway = checkpoint.checkpoint_path(source / "checkpoints", 4)  # steps remain: the optimizer must step
@@ -84,10 +74,6 @@ def test_checkpoint_of_another_optimizer_is_one_line(finished_run, tmp_path, hel
     helpers.assert_one_line_error(code, err, "lars", "sgd")
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: a resume trusts the command line over the checkpoint's "
-                   "saved config; with another --batch-size the data position (step x batch) and the LR "
-                   "schedule silently change. Compare state['config'] on the keys that define the run "
-                   "(model.name, optimizer.name, data.dataset, run.batch_size, run.seed) and name those that differ")
 def test_resume_with_another_batch_size_is_refused_by_name(finished_run, tmp_path, helpers, cli):
     source, flags = finished_run
     out = helpers.copy_run(source, tmp_path / "run")

@@ -86,13 +86,6 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
-@pytest.mark.xfail(strict=True, reason="torch 2.13 torchrun race (reproduced with a bare gloo script): the agent's "
-                   "store outlives a restart and workers no longer prefix their keys by attempt, so a restarted "
-                   "rank that reaches gloo's connectFullMesh before rank 0 re-publishes its address reads the dead "
-                   "rank 0's address and fails ('Connection refused'), and the restart is spent. Fix in "
-                   "distributed.setup: under TORCHELASTIC_USE_AGENT_STORE=True, init_process_group with "
-                   "store=PrefixStore(f'attempt_{TORCHELASTIC_RESTART_COUNT}', TCPStore(MASTER_ADDR, MASTER_PORT, "
-                   "world_size, is_master=False)), rank and world_size")
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
 def test_worker_killed_mid_step_restarts_group_which_resumes_and_finishes(tmp_path, cli_env):
     """Rank 1 is killed (SIGKILL) once a checkpoint inside epoch 2 exists. The restarted rank 0 is
