@@ -147,6 +147,7 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="study file (.toml) or built-in name, e.g. study_fashion_mnist")
     parser.add_argument("--out", default="", help="study directory (default: the study file's study.out)")
     parser.add_argument("--only", default="", help="run only the runs whose name contains this text (default: all)")
+    parser.add_argument("--exclude", default="", help="skip the runs whose name contains this text (default: none)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs without training (default: off)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end (default: write it)")
 
@@ -154,7 +155,7 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
 def run_study(args: argparse.Namespace) -> int:
     from largebatch.study import load_study, run_study as run
     study = load_study(args.study, args.out)
-    run(study, only=args.only, dry_run=args.dry_run)
+    run(study, only=args.only, dry_run=args.dry_run, exclude=args.exclude)
     if not args.dry_run and not args.no_report:
         from largebatch.report import find_run_dirs, write_report
         if find_run_dirs(study.out):

@@ -133,7 +133,7 @@ def load_study(path_or_name: str, out: str = "") -> Study:
     return Study(path, out_dir, description, runs)
 
 
-def run_study(study: Study, only: str = "", dry_run: bool = False) -> list[Path]:
+def run_study(study: Study, only: str = "", dry_run: bool = False, exclude: str = "") -> list[Path]:
     """Run every incomplete run of the study in order; returns the run directories."""
     from largebatch.train import DivergenceError, train
 
@@ -142,7 +142,7 @@ def run_study(study: Study, only: str = "", dry_run: bool = False) -> list[Path]
     done = []
     for index, run in enumerate(study.runs, 1):
         out = Path(run.config.run.out)
-        if only and only not in run.name:
+        if (only and only not in run.name) or (exclude and exclude in run.name):
             continue
         if (out / "summary.json").is_file():
             print(f"[{index}/{len(study.runs)}] {run.name}: complete, skipped", flush=True)
