@@ -110,17 +110,25 @@ def plot_top1_vs_batch(rows: list[dict[str, Any]], path: Path, key: str | tuple[
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {}
     for label, by_batch in sorted(summary_by_batch(rows, key).items()):
         batches = sorted(by_batch)
         stats = [_mean_spread(by_batch[b]) for b in batches]
         means = [100 * m for m, _ in stats]
         spreads = [100 * s for _, s in stats]
-        ax.errorbar(batches, means, yerr=spreads if any(spreads) else None, marker="o", capsize=3, label=label)
-    diverged = [r for r in rows if r.get("diverged")]
-    if diverged:
-        bottom = ax.get_ylim()[0]
-        ax.scatter([r["batch_size"] for r in diverged], [bottom] * len(diverged), marker="x", color="red",
-                   s=60, zorder=5, label="diverged", clip_on=False)
+        lines = ax.errorbar(batches, means, yerr=spreads if any(spreads) else None, marker="o", capsize=3,
+                            label=label)
+        colors[label] = lines[0].get_color()
+    # Diverged runs have no accuracy: a cross on the bottom edge, in their variant's colour.
+    diverged_by_label: dict[str, list[int]] = defaultdict(list)
+    for r in rows:
+        if r.get("diverged"):
+            label = " / ".join(str(r[k]) for k in ((key,) if isinstance(key, str) else key))
+            diverged_by_label[label].append(r["batch_size"])
+    bottom = ax.get_ylim()[0]
+    for label, batches in sorted(diverged_by_label.items()):
+        ax.scatter(batches, [bottom] * len(batches), marker="x", s=70, zorder=5, clip_on=False,
+                   color=colors.get(label, "red"), label=f"{label}: diverged (no accuracy)")
     ax.set_xscale("log", base=2)
     all_batches = sorted({r["batch_size"] for r in rows})
     ax.set_xticks(all_batches)
@@ -277,6 +285,7 @@ def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) 
                        if m.get("top1") is not None]
             shade = batches.index(r["batch_size"]) / max(1, len(batches) - 1)
             label = f"B={r['batch_size']}" + (f" {r['augmentation']}" if len({x['augmentation'] for x in rows}) > 1 else "")
+            label += " (diverged)" if r.get("diverged") else ""
             ax.plot([m["epoch"] for m in records], [100 * m["top1"] for m in records], color=colormap(0.9 * shade),
                     linestyle=styles[levels.index(r["augmentation"]) % len(styles)],
                     label=label if r["seed"] == min(x["seed"] for x in rows) else None)
