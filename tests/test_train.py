@@ -96,6 +96,17 @@ def test_divergence_stops_with_step_and_lr(tiny_data, tmp_path):
         train(config)
 
 
+def test_a_finite_loss_above_the_divergence_threshold_stops_the_run(tiny_data, tmp_path):
+    # ln(10) = 2.3 at the first step, far above a threshold of 0.01: stopped there, named as such.
+    config = tiny_config(tiny_data, tmp_path / "run", epochs=1, divergence_loss=0.01)
+    with pytest.raises(DivergenceError, match=r"above run.divergence_loss 0.01\) at step 0 ") as caught:
+        train(config)
+    assert caught.value.step == 0
+    # 0 switches the threshold off: the same run trains to the end.
+    config = tiny_config(tiny_data, tmp_path / "run2", epochs=1, divergence_loss=0.0)
+    assert 0.0 <= train(config)["top1"] <= 1.0
+
+
 def test_batch_plan_splits_global_batch():
     plan = plan_batches(32768, 1, 256)
     assert (plan.per_process_batch, plan.accumulation_steps) == (32768, 128)

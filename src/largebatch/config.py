@@ -157,6 +157,9 @@ class RunConfig:
                                "micro-batch (one process) or per-process gradients; logged per epoch as "
                                "grad_noise_scale (docs/critical-batch.md)")
     noise_scale_every: int = option(1, "measure the noise scale every N optimizer steps", min=1)
+    divergence_loss: float = option(1000.0, "stop the run as diverged when a step's mean training loss exceeds "
+                                    "this, finite or not (a uniform guess costs ln(classes): 2.3 for 10 classes, "
+                                    "6.9 for 1000); 0: stop only on NaN or infinity", min=0.0)
 
 
 @dataclass

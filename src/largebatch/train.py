@@ -380,9 +380,13 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
             flags = torch.stack([loss_sum, torch.tensor(float(stop.requested), device=device, dtype=torch.float64)])
             distributed.all_reduce_sum(flags, context)
             step_loss = flags[0].item() / run.batch_size
-            if not math.isfinite(step_loss) and precision.scaler is None:
+            # A finite loss far above a uniform guess is divergence too: SGD at too high an LR can sit at
+            # a loss of 1e5 and chance accuracy for the rest of the run without ever reaching NaN.
+            exploded = run.divergence_loss > 0 and math.isfinite(step_loss) and step_loss > run.divergence_loss
+            if (not math.isfinite(step_loss) and precision.scaler is None) or exploded:
                 raise DivergenceError(
-                    f"loss became {step_loss} at step {step} (epoch {sampler.epoch_at(step):.2f}, lr {lr:.4g}); "
+                    f"loss became {step_loss:.4g}{f' (above run.divergence_loss {run.divergence_loss:g})' if exploded else ''} "
+                    f"at step {step} (epoch {sampler.epoch_at(step):.2f}, lr {lr:.4g}); "
                     "the learning rate is likely too high or the warmup too short: lower --lr or raise "
                     "--warmup-epochs, then resume from the last checkpoint with --resume auto",
                     step=step, lr=lr, epoch=sampler.epoch_at(step))
