@@ -309,3 +309,23 @@ def test_four_processes_equal_one_process_with_four_accumulation_steps(tmp_path,
     for key, value in single["values"].items():
         assert multi["values"][key] == pytest.approx(value, rel=1e-9), key
     assert math.isfinite(single["values"]["grad_trace_sigma"])
+
+
+def test_measuring_the_noise_scale_does_not_change_training(tiny_data, tmp_path):
+    # The study's lars-b1024 run is trained with --noise-scale and stands for the plain run
+    # (docs/study/README.md): the monitor must only read gradients, never change them.
+    from largebatch.config import build_config, load_recipe
+    from largebatch.progress import epoch_records, read_metrics
+    from largebatch.train import train
+
+    def run(name: str, noise_scale: bool) -> list[dict]:
+        config = build_config(load_recipe("fashion_mnist"), {
+            "data.data_dir": str(tiny_data), "run.out": str(tmp_path / name), "run.epochs": 2,
+            "run.batch_size": 128, "run.micro_batch_size": 32, "schedule.warmup_epochs": 0.5,
+            "optimizer.lr": 2.0, "run.threads": 1, "run.noise_scale": noise_scale})
+        train(config)
+        return epoch_records(read_metrics(tmp_path / name / "metrics.jsonl"))
+
+    plain, measured = run("plain", False), run("measured", True)
+    assert any(r.get("grad_trace_sigma") is not None for r in measured)
+    assert [(r["train_loss"], r["top1"]) for r in plain] == [(r["train_loss"], r["top1"]) for r in measured]
