@@ -381,8 +381,9 @@ def plot_tradeoff(points: list[RunPoint], fit: TradeoffFit, path: Path, target_t
     ax.axvline(fit.min_examples, color="C0", linestyle=":", linewidth=1)
     ax.annotate(f"S_min = {fit.min_steps:,.0f}", (fit.examples(high), fit.min_steps), textcoords="offset points",
                 xytext=(-90, -12), fontsize=8, color="C0")
-    ax.annotate(f"E_min = {fit.min_examples:,.3g}", (fit.min_examples, fit.steps(low)), textcoords="offset points",
-                xytext=(4, -10), fontsize=8, color="C0")
+    # below the S_min line, where neither the curve nor the legend (upper right) is
+    ax.annotate(f"E_min = {fit.min_examples:,.3g}", (fit.min_examples, fit.min_steps * 0.6), textcoords="offset points",
+                xytext=(4, 0), fontsize=8, color="C0")
     ax.scatter([p.examples for p in used], [p.steps for p in used], color="C1", zorder=3, label="measured")
     if other:
         ax.scatter([p.examples for p in other], [p.steps for p in other], color="C1", alpha=0.35, zorder=3,
