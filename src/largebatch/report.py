@@ -259,7 +259,7 @@ def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]], path: Path) -
         epochs = sorted({e for g in gains if g["variant"] == variant for e in g["epochs"]})
         ax.set_title(f"{variant}: top-1 versus batch size by augmentation ({', '.join(map(str, epochs))} epochs)")
         ax.grid(True, alpha=0.3)
-        ax.legend(title="augmentation level")
+        ax.legend(title="augmentation level", loc="best")
     axes[0][0].set_ylabel("test top-1 accuracy (%), mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -267,33 +267,40 @@ def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]], path: Path) -
 
 
 def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) -> None:
+    """Test top-1 against epoch for every run: one panel per variant, or per variant and
+    augmentation level when the runs use several levels (one colour per batch size)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = sorted({r["variant"] for r in rows})
-    fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4.2), squeeze=False, sharey=True)
+    several_levels = len({r["augmentation"] for r in rows}) > 1
+    panels = sorted({(r["variant"], r["augmentation"] if several_levels else "") for r in rows},
+                    key=lambda p: (p[0], AUGMENTATIONS.index(p[1]) if p[1] in AUGMENTATIONS else 0))
+    columns = min(len(panels), 4)
+    lines = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.6 * columns if columns > 1 else 6, 3.9 * lines),
+                             squeeze=False, sharey=True)
     colormap = plt.get_cmap("viridis")
     batches = sorted({r["batch_size"] for r in rows})
-    levels = augmentation_levels(rows)
-    styles = ("-", "--", ":", "-.")
-    for ax, variant in zip(axes[0], variants):
+    first_seed = min(x["seed"] for x in rows)
+    for ax, (variant, level) in zip(axes.flat, panels):
         for r in rows:
-            if r["variant"] != variant:
+            if r["variant"] != variant or (several_levels and r["augmentation"] != level):
                 continue
             records = [m for m in epoch_records(read_metrics(Path(directory) / r["run"] / "metrics.jsonl"))
                        if m.get("top1") is not None]
             shade = batches.index(r["batch_size"]) / max(1, len(batches) - 1)
-            label = f"B={r['batch_size']}" + (f" {r['augmentation']}" if len({x['augmentation'] for x in rows}) > 1 else "")
-            label += " (diverged)" if r.get("diverged") else ""
+            label = f"B={r['batch_size']}" + (" (diverged)" if r.get("diverged") else "")
             ax.plot([m["epoch"] for m in records], [100 * m["top1"] for m in records], color=colormap(0.9 * shade),
-                    linestyle=styles[levels.index(r["augmentation"]) % len(styles)],
-                    label=label if r["seed"] == min(x["seed"] for x in rows) else None)
-        ax.set_title(variant)
+                    label=label if r["seed"] == first_seed else None)
+        ax.set_title(f"{variant}, augmentation {level}" if several_levels else variant)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("test top-1 accuracy (%)")
+        ax.legend(fontsize=8, loc="lower right")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for line in axes:
+        line[0].set_ylabel("test top-1 accuracy (%)")
     low = min((100 * r["top1"] for r in rows if not r.get("diverged")), default=0)
     axes[0][0].set_ylim(max(0.0, math.floor(low / 5) * 5 - 10), 100)
     fig.tight_layout()
