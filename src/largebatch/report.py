@@ -91,12 +91,16 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def summary_by_batch(rows: list[dict[str, Any]], key: str | tuple[str, ...] = "variant"
                      ) -> dict[str, dict[int, list[float]]]:
     """{variant or augmentation (or several keys joined by " / "): {batch: [top1 of each seed]}}"""
-    keys = (key,) if isinstance(key, str) else key
     grouped: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if not r.get("diverged"):
-            grouped[" / ".join(str(r[k]) for k in keys)][r["batch_size"]].append(r["top1"])
+            grouped[_group_label(r, key)][r["batch_size"]].append(r["top1"])
     return grouped
+
+
+def _group_label(row: dict[str, Any], key: str | tuple[str, ...]) -> str:
+    """The row's value of ``key`` (several keys joined by " / "): a line of the batch plot."""
+    return " / ".join(str(row[k]) for k in ((key,) if isinstance(key, str) else key))
 
 
 def _mean_spread(values: list[float]) -> tuple[float, float]:
@@ -123,8 +127,7 @@ def plot_top1_vs_batch(rows: list[dict[str, Any]], path: Path, key: str | tuple[
     diverged_by_label: dict[str, list[int]] = defaultdict(list)
     for r in rows:
         if r.get("diverged"):
-            label = " / ".join(str(r[k]) for k in ((key,) if isinstance(key, str) else key))
-            diverged_by_label[label].append(r["batch_size"])
+            diverged_by_label[_group_label(r, key)].append(r["batch_size"])
     bottom = ax.get_ylim()[0]
     for label, batches in sorted(diverged_by_label.items()):
         ax.scatter(batches, [bottom] * len(batches), marker="x", s=70, zorder=5, clip_on=False,
@@ -259,7 +262,7 @@ def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]], path: Path) -
         epochs = sorted({e for g in gains if g["variant"] == variant for e in g["epochs"]})
         ax.set_title(f"{variant}: top-1 versus batch size by augmentation ({', '.join(map(str, epochs))} epochs)")
         ax.grid(True, alpha=0.3)
-        ax.legend(title="augmentation level", loc="best")
+        ax.legend(title="augmentation level")
     axes[0][0].set_ylabel("test top-1 accuracy (%), mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -274,8 +277,9 @@ def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) 
     import matplotlib.pyplot as plt
 
     several_levels = len({r["augmentation"] for r in rows}) > 1
-    panels = sorted({(r["variant"], r["augmentation"] if several_levels else "") for r in rows},
-                    key=lambda p: (p[0], AUGMENTATIONS.index(p[1]) if p[1] in AUGMENTATIONS else 0))
+    levels = augmentation_levels(rows) if several_levels else [""]
+    panels = [(variant, level) for variant in sorted({r["variant"] for r in rows}) for level in levels
+              if any(r["variant"] == variant and (not level or r["augmentation"] == level) for r in rows)]
     columns = min(len(panels), 4)
     lines = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(lines, columns, figsize=(4.6 * columns if columns > 1 else 6, 3.9 * lines),
