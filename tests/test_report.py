@@ -1,10 +1,13 @@
-"""The augmentation part of the report: gains over `none` with the spread over seeds, by hand."""
+"""The report: gains over `none` with the spread over seeds, by hand; runs merged from an earlier
+results.json."""
 
+import json
 import math
 
 import pytest
 
 from largebatch import report
+from largebatch.errors import UserError
 
 
 def row(batch, augmentation, seed, top1, variant="lars", epochs=20):
@@ -57,3 +60,67 @@ def test_report_adds_the_augmentation_section_only_with_several_levels(tmp_path,
     (tmp_path / "top1_vs_batch_augmentation.png").unlink()
     assert "## Augmentation levels" not in report.write_report(str(tmp_path)).read_text()
     assert not (tmp_path / "top1_vs_batch_augmentation.png").exists()
+
+
+def write_run(directory, name, batch, top1_by_epoch, augmentation="none"):
+    """A run directory as train.py leaves it: config.toml, summary.json, metrics.jsonl."""
+    run = directory / name
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(
+        f'[optimizer]\nname = "lars"\nlr = 1.0\n[schedule]\nbase_batch_size = {batch}\nscaling = "none"\n'
+        f'[data]\naugmentation = "{augmentation}"\n[run]\nseed = 0\n')
+    (run / "summary.json").write_text(json.dumps({
+        "global_batch_size": batch, "top1": top1_by_epoch[-1][1], "top5": 1.0, "best_top1": top1_by_epoch[-1][1],
+        "epochs": len(top1_by_epoch), "steps": 10, "wall_time_s": 5.0, "train_time_s": 4.0, "images_per_s": 10.0}))
+    lines = [{"kind": "step", "step": 1, "loss": 2.0}]
+    lines += [{"kind": "epoch", "epoch": e, "train_loss": 1.0 / e, "top1": t} for e, t in top1_by_epoch]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_collect_runs_keeps_the_epoch_record(tmp_path):
+    write_run(tmp_path, "lars-b128-none-s0", 128, [(1, 0.5), (2, 0.7)])
+    (collected,) = report.collect_runs(tmp_path)
+    assert collected["top1_by_epoch"] == [[1, 0.5], [2, 0.7]]
+    assert collected["final_train_loss"] == 0.5 and collected["top1"] == 0.7
+
+
+def test_merge_adds_missing_runs_and_the_run_directory_wins(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "lars-b128-none-s0", 128, [(1, 0.5), (2, 0.7)])
+    earlier = tmp_path / "earlier.json"
+    # The earlier report had b128 (now rerun: 0.7 replaces 0.6) and b4096 (only here).
+    old128 = {**row(128, "none", 0, 0.60), "run": "lars-b128-none-s0"}
+    old4096 = row(4096, "none", 0, 0.55)
+    earlier.write_text(json.dumps([old128, old4096]))
+    out = tmp_path / "out"
+    text = report.write_report(str(runs), str(out), [str(earlier)]).read_text()
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["batch_size"], r["top1"], r.get("source")) for r in rows] == [(128, 0.7, None), (4096, 0.55, str(earlier))]
+    assert f"1 of the 2 runs come from {earlier}" in text and "1 of them have no per-epoch record" in text
+    assert (out / "top1_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    # Merging the written results.json again gives the same rows: merged rows keep their source.
+    again = report.merge_results(report.collect_runs(runs), report.load_results(out / "results.json"), "x")
+    assert [(r["top1"], r.get("source")) for r in again] == [(0.7, None), (0.55, str(earlier))]
+
+
+def test_merge_alone_needs_no_run_directory(tmp_path):
+    earlier = tmp_path / "results.json"
+    earlier.write_text(json.dumps(ROWS))
+    text = report.write_report(str(tmp_path / "nothing"), str(tmp_path / "out"), [str(earlier)]).read_text()
+    assert "7 of the 7 runs come from" in text and "## Augmentation levels" in text
+    assert not (tmp_path / "out" / "top1_vs_epoch.png").exists()  # no run has a per-epoch record
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not JSON"),
+    ('{"run": "a"}', "expected a JSON list"),
+    ('[{"run": "a", "batch_size": 128}]', "lacks variant, optimizer, augmentation, seed, top1, epochs, wall_s"),
+])
+def test_bad_results_file_names_the_file_and_the_fix(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message) as error:
+        report.load_results(path)
+    assert str(path) in str(error.value)
+    with pytest.raises(UserError, match="no such results file"):
+        report.load_results(tmp_path / "missing.json")

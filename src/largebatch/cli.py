@@ -166,11 +166,14 @@ def run_study(args: argparse.Namespace) -> int:
 def add_report_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="a run directory or a study directory")
     parser.add_argument("--out", default="", help="where to write report.md, results.json and plots (default: DIRECTORY)")
+    parser.add_argument("--merge", action="append", default=[], metavar="RESULTS_JSON",
+                        help="also report the runs of an earlier report's results.json whose run directories are not "
+                             "in DIRECTORY (runs done elsewhere); repeatable; a run directory wins over a merged row")
 
 
 def run_report(args: argparse.Namespace) -> int:
     from largebatch.report import write_report
-    path = write_report(args.directory, args.out)
+    path = write_report(args.directory, args.out, args.merge)
     print(path.read_text(), end="")
     return 0
 

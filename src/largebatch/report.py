@@ -7,6 +7,11 @@ level) and ``top1_vs_epoch.png`` (test top-1 against epoch for every run) into D
 ``--out``). When the runs use several augmentation levels, the report adds the gain of each
 level over ``none`` per batch size with the spread over seeds (:func:`augmentation_tables`) and
 ``top1_vs_batch_augmentation.png`` (one line per level, error bars over seeds).
+
+``--merge FILE`` adds the rows of an earlier report's ``results.json`` whose run directories are
+not in DIR (runs done on another machine, or in a run folder since deleted), so one report can
+cover a study that ran in several places. A run present in DIR replaces the merged row of the
+same name: the run directory is the primary record.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ def collect_runs(directory: Path) -> list[dict[str, Any]]:
     for run_dir in find_run_dirs(directory):
         summary = json.loads((run_dir / "summary.json").read_text())
         config = tomllib.loads((run_dir / "config.toml").read_text())
+        metrics = run_dir / "metrics.jsonl"
+        records = epoch_records(read_metrics(metrics)) if metrics.is_file() else []
         variant = run_dir.name.split("-b")[0] if "-b" in run_dir.name else config["optimizer"]["name"]
         rows.append({
             "run": str(run_dir.relative_to(directory)) if run_dir != Path(directory) else run_dir.name,
@@ -56,7 +63,9 @@ def collect_runs(directory: Path) -> list[dict[str, Any]]:
             "wall_s": summary.get("wall_time_s", 0.0),
             "train_s": summary["train_time_s"],
             "images_per_s": summary["images_per_s"],
-            "final_train_loss": _last_train_loss(run_dir),
+            "final_train_loss": _last_train_loss(records),
+            # Kept in results.json so that a report merged from it (--merge) can still plot epochs.
+            "top1_by_epoch": [[m["epoch"], m["top1"]] for m in records if m.get("top1") is not None],
         })
     rows.sort(key=lambda r: (r["variant"], r["augmentation"], r["batch_size"], r["seed"], r["lr"] or 0))
     return rows
@@ -68,12 +77,41 @@ def _peak_lr(config: dict[str, Any], summary: dict[str, Any]) -> float:
                      config["schedule"]["scaling"])
 
 
-def _last_train_loss(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    records = epoch_records(read_metrics(path))
+def _last_train_loss(records: list[dict[str, Any]]) -> float | None:
     return records[-1].get("train_loss") if records else None
+
+
+# What a merged row must hold: the axes of the study and the result (issue 13's results.json).
+RESULT_KEYS = ("run", "variant", "batch_size", "optimizer", "augmentation", "seed", "top1", "epochs", "wall_s")
+
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of an earlier report's results.json, checked for the keys a report needs."""
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such results file; give the results.json written by `largebatch report`")
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: not JSON ({error.msg} at line {error.lineno}); give a results.json written by "
+                        "`largebatch report`")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"{path}: expected a JSON list of run objects, as `largebatch report` writes in results.json")
+    for index, r in enumerate(rows):
+        missing = [k for k in RESULT_KEYS if k not in r]
+        if missing:
+            raise UserError(f"{path}: run {index} ({r.get('run', 'no name')}) lacks {', '.join(missing)}; "
+                            "results.json rows need " + ", ".join(RESULT_KEYS))
+    return rows
+
+
+def merge_results(rows: list[dict[str, Any]], merged: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    """``rows`` plus the rows of ``merged`` whose run name is not among them, marked with ``source``."""
+    present = {r["run"] for r in rows}
+    added = [{**r, "source": r.get("source") or source} for r in merged if r["run"] not in present]
+    out = rows + added
+    out.sort(key=lambda r: (r["variant"], r["augmentation"], r["batch_size"], r["seed"], r.get("lr") or 0))
+    return out
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -269,13 +307,17 @@ def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]], path: Path) -
     plt.close(fig)
 
 
-def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) -> None:
-    """Test top-1 against epoch for every run: one panel per variant, or per variant and
-    augmentation level when the runs use several levels (one colour per batch size)."""
+def plot_top1_vs_epoch(rows: list[dict[str, Any]], path: Path) -> None:
+    """Test top-1 against epoch for every run with a per-epoch record (``top1_by_epoch``): one
+    panel per variant, or per variant and augmentation level when the runs use several levels
+    (one colour per batch size)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.get("top1_by_epoch")]
+    if not rows:
+        return
     several_levels = len({r["augmentation"] for r in rows}) > 1
     levels = augmentation_levels(rows) if several_levels else [""]
     panels = [(variant, level) for variant in sorted({r["variant"] for r in rows}) for level in levels
@@ -291,11 +333,10 @@ def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) 
         for r in rows:
             if r["variant"] != variant or (several_levels and r["augmentation"] != level):
                 continue
-            records = [m for m in epoch_records(read_metrics(Path(directory) / r["run"] / "metrics.jsonl"))
-                       if m.get("top1") is not None]
+            epochs, top1 = zip(*r["top1_by_epoch"])
             shade = batches.index(r["batch_size"]) / max(1, len(batches) - 1)
             label = f"B={r['batch_size']}" + (" (diverged)" if r.get("diverged") else "")
-            ax.plot([m["epoch"] for m in records], [100 * m["top1"] for m in records], color=colormap(0.9 * shade),
+            ax.plot(epochs, [100 * t for t in top1], color=colormap(0.9 * shade),
                     label=label if r["seed"] == first_seed else None)
         ax.set_title(f"{variant}, augmentation {level}" if several_levels else variant)
         ax.set_xlabel("epoch")
@@ -312,10 +353,14 @@ def plot_top1_vs_epoch(directory: Path, rows: list[dict[str, Any]], path: Path) 
     plt.close(fig)
 
 
-def write_report(directory: str, out: str = "") -> Path:
-    """Write report.md, results.json and the plots for a run or study directory."""
+def write_report(directory: str, out: str = "", merge: list[str] | tuple[str, ...] = ()) -> Path:
+    """Write report.md, results.json and the plots for a run or study directory, plus the rows
+    of earlier results.json files (``merge``) for runs whose directories are not there."""
     directory_path = Path(directory)
     rows = collect_runs(directory_path)
+    # Read every merged file before writing anything: --out may name the folder of one of them.
+    for source in merge:
+        rows = merge_results(rows, load_results(source), str(source))
     if not rows:
         raise UserError(f"{directory}: no complete runs (run directories with summary.json) found")
     out_path = Path(out) if out else directory_path
@@ -324,8 +369,15 @@ def write_report(directory: str, out: str = "") -> Path:
     several_levels = len(augmentation_levels(rows)) > 1
     plot_top1_vs_batch(rows, out_path / "top1_vs_batch.png",
                        key=("variant", "augmentation") if several_levels else "variant")
-    plot_top1_vs_epoch(directory_path, rows, out_path / "top1_vs_epoch.png")
+    plot_top1_vs_epoch(rows, out_path / "top1_vs_epoch.png")
     text = [f"# Report: {directory_path}\n", markdown_table(rows)]
+    merged = [r for r in rows if r.get("source")]
+    if merged:
+        sources = sorted({r["source"] for r in merged})
+        without_epochs = sum(1 for r in merged if not r.get("top1_by_epoch"))
+        text.append(f"{len(merged)} of the {len(rows)} runs come from {', '.join(sources)} (their run directories "
+                    f"are not in {directory_path})" + (f"; {without_epochs} of them have no per-epoch record and "
+                                                       "are not in the epoch plot" if without_epochs else "") + ".\n")
     if several_levels:
         plot_top1_vs_batch_by_augmentation(rows, out_path / "top1_vs_batch_augmentation.png")
         text.append(augmentation_tables(rows))
