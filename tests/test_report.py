@@ -124,3 +124,19 @@ def test_bad_results_file_names_the_file_and_the_fix(tmp_path, content, message)
     assert str(path) in str(error.value)
     with pytest.raises(UserError, match="no such results file"):
         report.load_results(tmp_path / "missing.json")
+
+
+def test_epoch_line_labels_name_every_batch_once_when_the_lowest_seed_is_missing():
+    # merged runs: seed 0 of batch 128 has no epoch record, so the panel holds only seeds 1 and 2;
+    # every batch size must still get exactly one legend entry
+    rows = [{"batch_size": 128, "seed": 1}, {"batch_size": 4096, "seed": 2},
+            {"batch_size": 128, "seed": 2}, {"batch_size": 16384, "seed": 0, "diverged": True}]
+    labels = report.epoch_line_labels(rows)
+    assert labels == ["B=128, 2 seeds", "B=4096", None, "B=16384 (diverged)"]
+
+
+def test_log2_limits_keep_the_end_points_inside_the_frame():
+    low, high = report.log2_limits([16384])
+    assert low < 16384 < high
+    low, high = report.log2_limits([128, 1024, 16384])
+    assert low < 128 and high > 16384

@@ -20,7 +20,7 @@ import json
 import math
 import statistics
 import tomllib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +295,7 @@ def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]], path: Path) -
         ax.set_xscale("log", base=2)
         ax.set_xticks(all_batches)
         ax.set_xticklabels([str(b) for b in all_batches])
+        ax.set_xlim(*log2_limits(all_batches))
         ax.minorticks_off()
         ax.set_xlabel("global batch size (images per step, log2 scale)")
         epochs = sorted({e for g in gains if g["variant"] == variant for e in g["epochs"]})
@@ -305,6 +306,31 @@ def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]], path: Path) -
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def epoch_line_labels(rows: list[dict[str, Any]]) -> list[str | None]:
+    """Legend labels for one epoch panel: the first run of each batch size gets "B=<batch>" (with
+    the number of seeds where there are several), the others None, so every batch size is named
+    once whichever seeds a panel holds (merged runs may lack the lowest seed's epoch record)."""
+    runs_per_batch = Counter(r["batch_size"] for r in rows)
+    labels: list[str | None] = []
+    named: set[int] = set()
+    for r in rows:
+        batch = r["batch_size"]
+        if batch in named:
+            labels.append(None)
+            continue
+        named.add(batch)
+        seeds = f", {runs_per_batch[batch]} seeds" if runs_per_batch[batch] > 1 else ""
+        diverged = " (diverged)" if r.get("diverged") else ""
+        labels.append(f"B={batch}{seeds}{diverged}")
+    return labels
+
+
+def log2_limits(batches: list[int], margin: float = 1.5) -> tuple[float, float]:
+    """x-axis limits for a log2 batch axis that keep points at the smallest and largest batch off
+    the frame (a panel with one batch size would otherwise draw its point on the edge)."""
+    return min(batches) / margin, max(batches) * margin
 
 
 def plot_top1_vs_epoch(rows: list[dict[str, Any]], path: Path) -> None:
@@ -328,16 +354,12 @@ def plot_top1_vs_epoch(rows: list[dict[str, Any]], path: Path) -> None:
                              squeeze=False, sharey=True)
     colormap = plt.get_cmap("viridis")
     batches = sorted({r["batch_size"] for r in rows})
-    first_seed = min(x["seed"] for x in rows)
     for ax, (variant, level) in zip(axes.flat, panels):
-        for r in rows:
-            if r["variant"] != variant or (several_levels and r["augmentation"] != level):
-                continue
+        mine = [r for r in rows if r["variant"] == variant and (not several_levels or r["augmentation"] == level)]
+        for r, label in zip(mine, epoch_line_labels(mine)):
             epochs, top1 = zip(*r["top1_by_epoch"])
             shade = batches.index(r["batch_size"]) / max(1, len(batches) - 1)
-            label = f"B={r['batch_size']}" + (" (diverged)" if r.get("diverged") else "")
-            ax.plot(epochs, [100 * t for t in top1], color=colormap(0.9 * shade),
-                    label=label if r["seed"] == first_seed else None)
+            ax.plot(epochs, [100 * t for t in top1], color=colormap(0.9 * shade), label=label)
         ax.set_title(f"{variant}, augmentation {level}" if several_levels else variant)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
