@@ -13,7 +13,7 @@ def run_cli(args, env):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--batch-size", "-5"], "--batch-size: expected an integer >= 1, got -5"),
+    (["train", "--batch-size", "-5"], "--batch-size: expected an integer in [1, 2147483648], got -5"),
     (["train", "--optimizer", "adamx"], "argument --optimizer: invalid choice: 'adamx'"),
     (["train", "--recipe", "no_such_recipe"], "unknown recipe 'no_such_recipe'"),
 ])
