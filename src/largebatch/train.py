@@ -283,7 +283,8 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
     steps_per_epoch = len(train_set) / run.batch_size
     augmenter = BatchAugmenter(config.data.augmentation, info.num_classes, info.image_size, run.seed, run.batch_size,
                                channels=info.channels, in_workers=isinstance(train_set, ImageFileDataset),
-                               color_jitter=config.data.color_jitter, lighting=config.data.lighting)
+                               color_jitter=config.data.color_jitter, lighting=config.data.lighting,
+                               label_smoothing=config.data.label_smoothing)
 
     # Resume: weights, optimizer, scaler, step, RNG and the metrics so far.
     start_step, records, train_time, skipped_steps = 0, [], 0.0, 0
