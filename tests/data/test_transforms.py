@@ -51,6 +51,7 @@ def test_center_crop_box_by_hand():
     expected = (58 * 500 / 341, 16 * 375 / 256, 282 * 500 / 341, 240 * 375 / 256)
     assert box == pytest.approx(expected)
     assert T.eval_resize(224) == 256 and T.eval_resize(128) == 146
+    assert T.eval_resize(227) == 256  # Caffe's AlexNet: 227 x 227 crops of 256 x 256 images
 
 
 def test_center_crop_equals_resize_then_crop(helpers):

@@ -7,8 +7,9 @@ PCA lighting noise (Krizhevsky et al. 2012). The paper's ``minimal`` level: resi
 random 224x224 crop, flip. Evaluation resizes the way the training level does: after
 ``minimal`` it squashes to 256x256 and takes the centre 224x224 (Caffe's test phase, whose LMDB
 holds the same 256x256 images as training's), after every other level it resizes the shorter
-side to 256 and takes the centre crop (aspect ratio kept). For another ``image_size`` S both
-are scaled: resize to round(S * 256 / 224), crop S.
+side to 256 and takes the centre crop (aspect ratio kept). Caffe's AlexNet input of 227 is
+cropped from the same 256 pixels; for another ``image_size`` S both are scaled: resize to
+round(S * 256 / 224), crop S.
 
 Every geometric operation is one crop box in the coordinates of the stored image followed by
 one bilinear (antialiased) resize of that box to ``size x size``. The box is sampled from the
@@ -55,9 +56,15 @@ def image_rng(seed: int, position: int) -> random.Random:
     return random.Random(seed * (1 << 40) + position)
 
 
+# Crop sizes taken from 256-pixel images: 224 (ResNet, torchvision) and 227 (Caffe's AlexNet,
+# whose train_val.prototxt crops 227 x 227 from the 256 x 256 images of its LMDB).
+CROPS_FROM_256 = (224, 227)
+
+
 def eval_resize(size: int) -> int:
-    """Shorter side before the centre crop: 256 for 224, scaled for other sizes."""
-    return int(round(size * 256 / 224))
+    """Side the image is resized to before a ``size`` crop: 256 for the crops ImageNet code
+    takes from 256-pixel images (224, and Caffe's 227), ``round(size * 256 / 224)`` otherwise."""
+    return 256 if size in CROPS_FROM_256 else int(round(size * 256 / 224))
 
 
 # -------------------------------------------------------------------------------------------
