@@ -238,7 +238,7 @@ def find_resume_state(resume: str, out: Path, device: torch.device) -> tuple[Pat
 RUN_DEFINING_KEYS = (("model", "name"), ("model", "zero_init_residual"), ("data", "dataset"),
                      ("data", "train_subset"), ("data", "image_size"), ("data", "num_classes"),
                      ("data", "augmentation"), ("data", "color_jitter"), ("data", "lighting"),
-                     ("data", "synthetic_images"), ("optimizer", "name"), ("run", "batch_size"), ("run", "seed"))
+                     ("data", "synthetic_images"), ("data", "label_smoothing"), ("optimizer", "name"), ("run", "batch_size"), ("run", "seed"))
 
 
 def schedule_keys(config) -> list[tuple[str, str]]:

@@ -31,7 +31,9 @@ OPTIMIZERS = ("lars", "larc", "lamb", "sgd")
 AUGMENTATIONS = ("none", "minimal", "extended", "strong")
 DECAYS = ("poly", "cosine", "step", "constant")
 SCALING_RULES = ("none", "linear", "sqrt")
-EXCLUSION_RULES = ("none", "1d", "bn_bias")
+EXCLUSION_RULES = ("none", "1d", "bn_bias", "bn")
+DECAY_ORIGINS = ("warmup_end", "start")
+ZERO_NORM_RULES = ("rate_one", "gradient_only")
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
@@ -70,6 +72,9 @@ class DataConfig:
                                  "saturation factors drawn from U(1-J, 1+J) (0: off)", min=0.0, max=1.0)
     lighting: float = option(0.1, "image files, extended/strong augmentation: std of AlexNet PCA lighting "
                              "noise (Krizhevsky et al. 2012: 0.1; 0: off)", min=0.0)
+    label_smoothing: float = option(
+        -1.0, "label smoothing epsilon of the training loss, target (1-eps)*y + eps/classes (Szegedy et al. 2016); "
+        "-1: the augmentation level's own (0.1 at strong, else 0)", min=-1.0, max=1.0)
     fast_decode: bool = option(True, "image files: decode JPEGs at 1/2, 1/4 or 1/8 size in the DCT domain when "
                                "the crop still has at least image_size pixels per side")
 
@@ -101,13 +106,17 @@ class OptimizerConfig:
     trust_ratio_max: float = option(0.0, "upper bound on every trust ratio (LARS, LARC, LAMB; 0: none)", min=0.0)
     skip_adaptation: str = option(
         "none", "tensors that get no trust ratio (plain rate): none (paper), 1d (rank <= 1), bn_bias "
-        "(normalization layers and biases)", choices=EXCLUSION_RULES)
+        "(normalization layers and biases), bn (normalization layers)", choices=EXCLUSION_RULES)
     skip_adaptation_lr_scale: float = option(1.0, "LR multiplier for the tensors skip_adaptation selects", min=0.0)
     skip_weight_decay: str = option(
         "none", "tensors that get no weight decay: none (paper), 1d (rank <= 1), bn_bias (normalization "
-        "layers and biases)", choices=EXCLUSION_RULES)
+        "layers and biases), bn (normalization layers: Goyal et al. 2017 sec. 5.1)", choices=EXCLUSION_RULES)
     skip_weight_decay_lr_scale: float = option(1.0, "LR multiplier for the tensors skip_weight_decay selects",
                                                min=0.0)
+    zero_norm: str = option(
+        "rate_one", "LARS/LARC, a tensor whose weight or gradient norm is 0: rate_one (local rate 1, bounded, capped "
+        "by LARC and weight-decayed like any other: the paper's Caffe code, timm) or gradient_only (a plain step on "
+        "the gradient at the global LR, no cap, no weight decay: NVIDIA apex LARC)", choices=ZERO_NORM_RULES)
     lamb_beta2: float = option(0.999, "LAMB second-moment decay beta2 (beta1 is momentum)", min=0.0, max=1.0)
     lamb_eps: float = option(1e-6, "LAMB: added to sqrt(v_hat) (You et al. 2019: 1e-6)", min=0.0,
                              min_exclusive=True)
@@ -123,6 +132,13 @@ class ScheduleConfig:
     scaling: str = option("none", "LR scaling rule from base_batch_size to the global batch",
                           choices=SCALING_RULES)
     base_batch_size: int = option(256, "batch size at which optimizer.lr is stated (scaling rules)", min=1, max=2**31)
+    warmup_start_lr: float = option(
+        0.0, "LR of the first warmup step, rising by equal steps to the peak at the warmup's end (Goyal et al. "
+        "2017 sec. 2.2: 0.1 -> 3.2); 0: the first step runs at peak/warmup_steps", min=0.0)
+    decay_from: str = option(
+        "warmup_end", "where the decay's progress is counted from: warmup_end, (t-W)/(T-W) (MLPerf), or start, "
+        "t/T, so the LR steps down at the warmup's end (You et al. 2017 Algorithm 1, Caffe's poly)",
+        choices=DECAY_ORIGINS)
 
 
 @dataclass
@@ -365,6 +381,10 @@ def check_consistency(config: Config) -> None:
     if run.micro_batch_size > run.batch_size:
         raise ConfigError(f"run.micro_batch_size ({run.micro_batch_size}) is larger than run.batch_size "
                           f"({run.batch_size}); lower it or set 0 for automatic")
+    smoothing = config.data.label_smoothing
+    if smoothing != -1.0 and not 0.0 <= smoothing < 1.0:
+        raise ConfigError(f"data.label_smoothing: expected -1 (the augmentation level's own) or a number in [0, 1), "
+                          f"got {smoothing!r}")
     if config.data.dataset in ("fashion-mnist", "mnist") and config.data.image_size not in (0, 28):
         raise ConfigError(f"data.image_size: {config.data.dataset} images are 28x28; use 0 or 28")
 

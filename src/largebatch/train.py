@@ -187,7 +187,8 @@ def build_run(config: Config, context: distributed.DistributedContext, out: Path
     augmenter = BatchAugmenter(config.data.augmentation, info.num_classes, info.image_size, run.seed,
                                plan.global_batch_size, channels=info.channels,
                                in_workers=isinstance(train_set, ImageFileDataset),
-                               color_jitter=config.data.color_jitter, lighting=config.data.lighting)
+                               color_jitter=config.data.color_jitter, lighting=config.data.lighting,
+                               label_smoothing=config.data.label_smoothing)
     return Run(config=config, context=context, out=out, plan=plan, info=info, train_set=train_set,
                test_set=test_set, model=model, train_model=model, optimizer=optimizer,
                guarded_step=GuardedStep(precision.scaler), precision=precision, normalizer=normalizer,

@@ -116,8 +116,8 @@ def build_datasets(data_config, seed: int = 0):
         train = ImageFileDataset(train_files.folder, train_files.files, train_files.labels,
                                  train_transform(data_config.augmentation, size, data_config.color_jitter,
                                                  data_config.lighting, fast), seed)
-        test = ImageFileDataset(test_files.folder, test_files.files, test_files.labels, eval_transform(size, fast),
-                                seed)
+        test = ImageFileDataset(test_files.folder, test_files.files, test_files.labels,
+                                eval_transform(size, fast, data_config.augmentation), seed)
     else:
         raise DataError(f"unknown data set '{name}'")
     if data_config.num_classes and name != "synthetic" and data_config.num_classes != classes:
