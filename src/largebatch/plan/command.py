@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "device's reference batch; 0: a constant rate")
     parser.add_argument("--decoder", default=None, choices=DECODERS,
                         help="where images are decoded: other-cores (loader processes beside the "
-                             "processors), same-cores (the CPU that trains), gpu (not a separate term) "
-                             "(default: the device's)")
+                             "processors), same-cores (the CPU that trains), gpu (not a separate term), none "
+                             "(in-memory data) (default: the device's; none for inputs of 32 pixels or less)")
     parser.add_argument("--cores-per-node", type=int, default=None, metavar="N",
                         help="CPU cores per node for the input pipeline (default: the device's)")
     parser.add_argument("--decode-rate", type=float, default=None, metavar="R",
@@ -165,6 +165,9 @@ def format_plan(plan: Plan, setup: Setup) -> str:
         curve = plan.curve_source
     if plan.decoder == "gpu":
         input_text = "decoded on the accelerator: not a separate term (inside the measured rate)"
+    elif plan.decoder == "none":
+        input_text = ("none: the data set is held in memory (the default for inputs of 32 pixels or less; "
+                      "--decoder to change)")
     elif plan.input_s_per_iter == 0:
         input_text = "not modelled (no cores or decode rate in the preset)"
     else:
@@ -221,15 +224,25 @@ def format_table(plans: list[Plan]) -> str:
 
 def format_presets() -> str:
     lines = [f"{'device':<14} {'peak TFLOP/s':>12} {'precision':<12} {'memory':>7} {'per node':>8}  "
-             f"{'network':<14} training rate"]
+             f"{'network':<14} {'training rate':<32} {'curve':<22} input"]
     for device in DEVICES.values():
         if device.reference_images_per_second:
             rate = f"{device.reference_images_per_second:,.0f} img/s {device.reference_model}"
         else:
             rate = f"assumed {device.efficiency:.0%} of peak"
+        if device.reference_batch:
+            rate += f" at {device.reference_batch:g}"
+        if device.curve_batches:
+            curve = f"table, b = {device.curve_batches[0]:g}..{device.curve_batches[-1]:g}"
+        elif device.half_batch:
+            curve = f"b_half = {device.half_batch:.1f}"
+        else:
+            curve = "constant"
+        decode = (f"{device.cores_per_node} cores x {device.decode_images_per_second:,.0f}/s, {device.decoder}"
+                  if device.cores_per_node and device.decode_images_per_second else device.decoder)
         lines.append(f"{device.name:<14} {device.peak_flops / 1e12:>12.2f} {device.precision.split(' ')[0]:<12} "
                      f"{device.memory_bytes / 1e9:>5.0f}GB {device.devices_per_node:>8}  "
-                     f"{device.network + ' x' + str(device.links_per_node):<14} {rate}")
+                     f"{device.network + ' x' + str(device.links_per_node):<14} {rate:<32} {curve:<22} {decode}")
     lines += ["", f"{'network':<14} {'Gb/s':>6} {'latency':>8}  description"]
     for network in NETWORKS.values():
         lines.append(f"{network.name:<14} {network.bandwidth * 8 / 1e9:>6.1f} {network.latency * 1e6:>6.1f}us  "

@@ -4,7 +4,8 @@ Two forms, both pure arithmetic:
 
 - a **table** of (b, images/s) points, published or measured. Between two points the iteration
   time T(b) = b / R(b) is interpolated linearly; outside the table the saturating form fitted to
-  the table carries the end point on (scaled to meet it), so the curve is continuous.
+  the table carries the end point on (scaled to meet it), so the curve is continuous (if the
+  table's times do not grow with b, the form cannot be fitted and the end point's rate is held).
 - the **saturating form** R(b) = R_max * b / (b + b_half). Equivalently the iteration time is a
   fixed part plus a part per image, T(b) = (b_half + b) / R_max: b_half is the batch at which half
   the iteration is the fixed part (kernel launches, the optimizer step, an under-filled device).
@@ -82,8 +83,11 @@ def table_rate(batch: float, batches: Sequence[float], rates: Sequence[float]) -
         b0, b1 = batches[i - 1], batches[i]
         t0, t1 = b0 / rates[i - 1], b1 / rates[i]
         return batch / (t0 + (t1 - t0) * (batch - b0) / (b1 - b0))
-    max_rate, half_batch = fit_saturating(batches, rates)
     end, end_rate = (first, rates[0]) if batch < first else (last, rates[-1])
+    try:
+        max_rate, half_batch = fit_saturating(batches, rates)
+    except ConfigError:  # a noisy table the form does not fit: hold the end point's rate
+        return end_rate
     return end_rate * saturating(batch, max_rate, half_batch) / saturating(end, max_rate, half_batch)
 
 

@@ -48,6 +48,7 @@ class ModelCost:
     name: str
     macs: float    # multiply-accumulates per image, forward
     params: int    # trainable parameters (one gradient element each)
+    input_size: int = 224  # pixels per side of one input image
 
 
 def model_cost(name: str) -> ModelCost:
@@ -56,7 +57,7 @@ def model_cost(name: str) -> ModelCost:
     if name not in MODEL_COSTS:
         raise ConfigError(f"--model: unknown model '{name}' (choose from {', '.join(sorted(MODEL_COSTS))})")
     entry = MODEL_COSTS[name]
-    return ModelCost(name, float(entry["macs"]), int(entry["params"]))
+    return ModelCost(name, float(entry["macs"]), int(entry["params"]), int(entry["input_size"]))
 
 
 def macs_of(name: str | None) -> float:
@@ -152,7 +153,12 @@ class Setup:
         return self.model.params * self.gradient_bytes / 1e6
 
     def input_decoder(self) -> str:
-        return self.decoder or self.device.decoder
+        """Where decoding runs: the override, else none for small in-memory inputs, else the device's."""
+        if self.decoder:
+            return self.decoder
+        if self.model.input_size <= input_pipeline.IN_MEMORY_MAX_INPUT_SIZE:
+            return "none"
+        return self.device.decoder
 
     def input_cores(self) -> int | None:
         return self.cores_per_node or self.device.cores_per_node
@@ -248,10 +254,12 @@ def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
     chosen = min(times.values(), key=lambda t: t.total_s) if setup.allreduce == "best" else times[setup.allreduce]
     comm = chosen.total_s
     if setup.overlap and processors > 1:
-        algorithms = {"ring": ar.ring, "tree": ar.tree, "hierarchical": ar.hierarchical}
-        algorithm = algorithms[chosen.algorithm]
-        exposed = exposed_seconds(message, setup.bucket_bytes, BACKWARD_FRACTION * compute,
-                                  lambda size: algorithm(size, processors, links).total_s)
+        def bucket_seconds(size: float) -> float:  # each bucket's all-reduce, by the same choice rule
+            bucket_times = ar.all_algorithms(size, processors, links)
+            if setup.allreduce == "best":
+                return min(t.total_s for t in bucket_times.values())
+            return bucket_times[setup.allreduce].total_s
+        exposed = exposed_seconds(message, setup.bucket_bytes, BACKWARD_FRACTION * compute, bucket_seconds)
     else:
         exposed = comm
 

@@ -12,6 +12,9 @@ it meets the training step:
   data_layer.cpp). The iteration pays both: compute + decode + exposed all-reduce.
 - ``gpu``: the accelerator decodes (nvJPEG, DALI "mixed", a hardware JPEG engine); not a separate
   term: the device's measured rate is taken to include it.
+- ``none``: nothing to decode: the data set is held in memory as tensors, as this project loads
+  MNIST-, Fashion-MNIST- and CIFAR-sized data. The planner takes this by default for models whose
+  input is 32 pixels or smaller (largebatch.model_costs), whatever the device preset says.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import math
 
 from largebatch.errors import ConfigError
 
-DECODERS = ("other-cores", "same-cores", "gpu")
+DECODERS = ("other-cores", "same-cores", "gpu", "none")
+IN_MEMORY_MAX_INPUT_SIZE = 32  # pixels: models this small train on in-memory tensors here
 
 
 def images_per_second(decoder: str, cores_per_node: int | None, processors_per_node: int,
@@ -28,6 +32,6 @@ def images_per_second(decoder: str, cores_per_node: int | None, processors_per_n
     """Training images/s the input pipeline delivers to one processor (inf: not a limit)."""
     if decoder not in DECODERS:
         raise ConfigError(f"--decoder: unknown place '{decoder}' (choose from {', '.join(DECODERS)})")
-    if decoder == "gpu" or not cores_per_node or not decode_images_per_second:
+    if decoder in ("gpu", "none") or not cores_per_node or not decode_images_per_second:
         return math.inf
     return cores_per_node * decode_images_per_second / max(1, processors_per_node)
