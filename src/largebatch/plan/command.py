@@ -252,6 +252,7 @@ def format_presets() -> str:
 
 def format_validation(rows: list[dict]) -> str:
     """The records table: predicted / published time (and throughput where published), the kind."""
+    from largebatch.plan.records import TARGET_RATIO
     lines = [f"{'run':<36} {'hardware':<28} {'batch':>6} {'/proc':>5} {'epochs':>6} {'published':>10} "
              f"{'predicted':>10} {'ratio':>6}  {'kind':<11} bound"]
     for row in rows:
@@ -263,15 +264,16 @@ def format_validation(rows: list[dict]) -> str:
     lines.append("")
     for row in rows:
         if row["published_images_per_second"]:
+            ratio = row["predicted_images_per_second"] / row["published_images_per_second"]
             lines.append(f"throughput, {row['run']}: predicted {row['predicted_images_per_second'] / 1e6:.2f}M "
                          f"images/s, published {row['published_images_per_second'] / 1e6:.2f}M "
-                         f"(predicted / published {row['predicted_images_per_second'] / row['published_images_per_second']:.2f})")
+                         f"(predicted / published {ratio:.2f}"
+                         f"{'' if 1 / TARGET_RATIO <= ratio <= TARGET_RATIO else f', outside {TARGET_RATIO:g}x'})")
     for row in rows:
         if row["calibration"]:
             lines.append(f"calibration, {row['run']}: {row['calibration']}")
     validation = [row for row in rows if row["kind"] == "validation"]
     outside = [row["run"] for row in validation if not row["within_target"]]
-    from largebatch.plan.records import TARGET_RATIO
     lines.append(f"validation records within {TARGET_RATIO:g}x of the published time: "
                  f"{len(validation) - len(outside)} of {len(validation)}"
                  + (f"; outside (*): {'; '.join(outside)}" if outside else ""))

@@ -70,9 +70,10 @@ RECORDS = [
            "ethernet-100g", 2048, 65536, 90, 6.6 * 60,
            options={"gradient_bytes": 2},
            stated="arXiv 1807.11205 abstract: 2,048 Tesla P40, 6.6 min, 75.8% top-1, mini-batches up to 64K, "
-                  "ResNet-50 'with 90 epochs'. As we read the paper: batch 64K (32 per GPU), 8 P40 per "
-                  "server, half-precision gradients. Assumed: the P40 preset's 100 Gb/s network and 40 "
-                  "cores per server, no overlap."),
+                  "ResNet-50 'with 90 epochs'. Batch 64K (32 per GPU), TensorFlow and 100 Gbit Ethernet as "
+                  "Mikami et al.'s table quotes it (NVIDIA's news post on Sony's record). As we read the "
+                  "paper: 8 P40 per server, half-precision gradients. Assumed: one 100 GbE link and 40 cores "
+                  "per server, no overlap."),
     Record("Jia et al. 2018, AlexNet", "1024 P40 (Tencent)", "alexnet_bn", "p40",
            "ethernet-100g", 1024, 65536, 95, 4 * 60,
            options={"gradient_bytes": 2},
@@ -82,10 +83,11 @@ RECORDS = [
     Record("Mikami et al. 2018 (v1), ResNet-50", "2176 V100 (ABCI)", "resnet50", "v100",
            "ib-edr", 2176, 69632, 90, 224,
            options={**ABCI_NODE, "gradient_bytes": 2},
-           stated="arXiv 1811.05233 v1: ImageNet/ResNet-50 in 224 s on 2,176 V100 of ABCI, 75.03%. As we read "
-                  "the paper: batch 68K (32 per GPU; batch-size control grows it during training), 90 "
-                  "epochs, 2D-torus all-reduce in half precision (NNL + NCCL). ABCI node: 4 V100, 2 EDR, 40 "
-                  "cores. Assumed: no overlap."),
+           stated="arXiv 1811.05233 v1 abstract: ImageNet/ResNet-50 in 224 s on ABCI. Its table (as NVIDIA's "
+                  "news post on the record quotes it): 2,176 V100, batch 34K->68K (batch-size control: a "
+                  "smaller batch in the first epochs; modelled here at 68K, 32 per GPU), NNL, 75.03%, "
+                  "InfiniBand EDR x2 per node. As we read the paper: 90 epochs, 2D-torus all-reduce in half "
+                  "precision. ABCI node: 4 V100, 40 cores. Assumed: no overlap."),
     Record("Mikami et al. 2018 (v2), ResNet-50", "3456 V100 (ABCI)", "resnet50", "v100",
            "ib-edr", 3456, 55296, 90, 122,
            options={**ABCI_NODE, "gradient_bytes": 2},
@@ -109,18 +111,21 @@ RECORDS = [
 ]
 
 
-def predict(record: Record) -> Plan:
+def predict(record: Record, **overrides) -> Plan:
+    """The plan of one record from the presets and its stated options; ``overrides`` replace Setup
+    fields (e.g. ``half_batch=0`` for a constant rate) to see what a term contributes."""
+    options = {**record.options, **overrides}
     setup = Setup(model=model_cost(record.model), device=get_device(record.device),
-                  network=get_network(record.network), epochs=record.epochs, **record.options)
+                  network=get_network(record.network), epochs=record.epochs, **options)
     return plan_time(setup, record.batch_size, record.processors)
 
 
-def validation_rows() -> list[dict]:
+def validation_rows(**overrides) -> list[dict]:
     """One row per record: published and predicted seconds, their ratio, the predicted and
     published throughput where the paper states one, and what bounds the prediction."""
     rows = []
     for record in RECORDS:
-        plan = predict(record)
+        plan = predict(record, **overrides)
         throughput = record.processors * plan.per_processor_batch / plan.iter_s
         ratio = plan.total_s / record.published_s
         rows.append({"run": record.run, "hardware": record.hardware, "batch_size": record.batch_size,
