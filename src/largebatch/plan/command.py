@@ -253,11 +253,11 @@ def format_presets() -> str:
 def format_validation(rows: list[dict]) -> str:
     """The records table: predicted / published time (and throughput where published), the kind."""
     from largebatch.plan.records import TARGET_RATIO
-    lines = [f"{'run':<36} {'hardware':<28} {'batch':>6} {'/proc':>5} {'epochs':>6} {'published':>10} "
+    lines = [f"{'run':<36} {'hardware':<30} {'batch':>6} {'/proc':>5} {'epochs':>6} {'published':>10} "
              f"{'predicted':>10} {'ratio':>6}  {'kind':<11} bound"]
     for row in rows:
         flag = "" if row["kind"] == "calibration" or row["within_target"] else " *"
-        lines.append(f"{row['run']:<36} {row['hardware']:<28} {row['batch_size']:>6,} "
+        lines.append(f"{row['run']:<36} {row['hardware']:<30} {row['batch_size']:>6,} "
                      f"{row['per_processor_batch']:>5g} {row['epochs']:>6g} "
                      f"{duration(row['published_s']):>10} {duration(row['predicted_s']):>10} "
                      f"{row['ratio']:>6.2f}{flag:<2}{row['kind']:<11} {row['bound']} ({row['efficiency']:.0%})")
