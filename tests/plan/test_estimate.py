@@ -6,7 +6,7 @@ import pytest
 
 from largebatch.errors import ConfigError
 from largebatch.plan import DEVICES, NETWORKS, Device, ModelCost, Network, Setup, plan_time
-from largebatch.plan.presets import TRAINING_FLOPS_PER_MAC
+from largebatch.plan.presets import TRAINING_FLOPS_PER_MAC, check_device_curve
 
 MODEL = ModelCost("toy", macs=1e9, params=10_000_000)  # 40 MB of FP32 gradients
 DEVICE = Device(name="toy-gpu", description="test", peak_flops=100e12, precision="fp16", memory_bytes=16e9,
@@ -145,6 +145,14 @@ def test_presets_cover_the_issue_names_and_are_sane():
         assert device.network in NETWORKS, name
         assert device.peak_flops > 0 and device.memory_bytes > 0 and device.source
         assert bool(device.reference_images_per_second) != bool(device.efficiency), name  # exactly one
+        # Every curve and input pipeline is sourced and usable; GPUs and CPUs decode where stated.
+        assert device.curve_source and device.input_source, name
+        check_device_curve(device, name)
+        assert device.decoder == ("same-cores" if name in ("knl", "skylake-8160", "cpu-local") else "other-cores")
+        assert device.reference_batch and device.cores_per_node and device.decode_images_per_second, name
+    assert DEVICES["v100"].curve_batches and not DEVICES["v100"].half_batch  # NVIDIA's table
+    assert DEVICES["knl"].half_batch == pytest.approx(11.65, abs=0.01)       # the FP32 fit, borrowed
+    assert DEVICES["tpu-v3"].half_batch == pytest.approx(58.4, abs=0.1)      # the mixed-precision fit
     for name in ("ethernet-10g", "ethernet-25g", "ethernet-50g", "ethernet-100g", "ib-fdr", "ib-edr",
                  "ib-hdr", "ib-ndr", "omnipath-100g", "tpu-ici"):
         assert NETWORKS[name].bandwidth > 0 and NETWORKS[name].latency > 0
