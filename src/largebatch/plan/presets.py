@@ -64,7 +64,7 @@ class Device:
     # The input pipeline.
     cores_per_node: int | None = None                # CPU cores of one node (all its processors share them)
     decode_images_per_second: float | None = None    # per core: decode + random-resized crop + flip
-    decoder: str = "other-cores"                     # where decoding runs: other-cores, same-cores, gpu
+    decoder: str = "other-cores"                     # where decoding runs (input_pipeline.DECODERS)
     input_source: str = ""
 
     def achieved_flops(self, macs_lookup) -> float:
@@ -196,7 +196,9 @@ DEVICES: dict[str, Device] = {
         memory_bytes=24 * GB,  # P40 datasheet: 24 GB GDDR5
         # PCIe 3.0 x16: 15.75 GB/s; ASSUMED 12 GB/s achieved and 10 us per step.
         devices_per_node=8, intra_bandwidth=12 * GB, intra_latency=10e-6,
-        network="ethernet-100g", links_per_node=1,  # ASSUMED: PCIe GPU servers on 100 GbE
+        # 100 Gb Ethernet, as Jia et al.'s P40 cluster (Mikami et al.'s table, quoted in NVIDIA's
+        # news post on Sony's record); ASSUMED one link per node.
+        network="ethernet-100g", links_per_node=1,
         # ASSUMED: no P40 training rate is published; same fraction of peak as the P100 (Pascal),
         # at the P100 rate's batch.
         efficiency=P100_EFFICIENCY, reference_batch=32,
