@@ -277,7 +277,8 @@ COMMANDS = {
     "plan": ("predict time to train on many processors: compute, all-reduce, bottleneck", add_plan_args, run_plan),
     "critical-batch": ("fit S_min, E_min and the critical batch size from a study's steps to a target top-1",
                        add_critical_batch_args, run_critical_batch),
-    "benchmark": ("measure this machine's training rate and all-reduce bandwidth; write a plan preset",
+    "benchmark": ("measure this machine's training rate at several micro-batch sizes (the rate curve), the loader's "
+                  "decode rate per core and the all-reduce bandwidth; write a plan preset",
                   add_benchmark_args, run_benchmark),
 }
 
