@@ -134,7 +134,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a run directory (its newest valid checkpoint is used)")
     parser.add_argument("--checkpoint", default="", help="a specific checkpoint file (default: newest)")
     parser.add_argument("--data-dir", default="", help="data folder, if not the one the run used (default: the run's)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    parser.add_argument("--device", default="auto", choices=cfg.DEVICES,
                         help="where to evaluate (default: auto)")
 
 

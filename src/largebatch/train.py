@@ -42,7 +42,7 @@ from largebatch.data import (DataInfo, ImageFileDataset, Normalizer, build_datas
 from largebatch.data.prefetch import machine_input_settings, prefetch_to_device
 from largebatch.data.sampler import StreamSampler
 from largebatch.derive import RunPlan, derive, with_micro_batch
-from largebatch.errors import CheckpointError, ConfigError, DataError, Interrupted, UserError
+from largebatch.errors import CheckpointError, ConfigError, Interrupted, UserError
 from largebatch.evaluate import evaluate
 from largebatch.noise_scale import NoiseScaleMonitor
 from largebatch.optim import build_optimizer, describe_groups, trust_ratio_summary
@@ -635,6 +635,7 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
         run.progress.message(f"done: top1 {summary['top1']:.4f} top5 {summary['top5']:.4f} in "
                              f"{summary['wall_time_s']:.0f} s ({summary['images_per_s']:,.0f} img/s); run directory "
                              f"{run.out}")
+    distributed.barrier(run.context)  # every rank is done with collectives before the group is destroyed
     return summary
 
 

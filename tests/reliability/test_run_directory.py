@@ -4,7 +4,6 @@ signal stop never exits 0; impossible sizes are refused before any work."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
