@@ -174,6 +174,7 @@ def build_run(config: Config, context: distributed.DistributedContext, out: Path
     if model is None:
         model = models.build(config.model.name, num_classes=info.num_classes, in_channels=info.channels,
                              zero_init_residual=config.model.zero_init_residual)
+    check_model_input(model, config.model.name, info)
     if run.sync_batchnorm:
         model = distributed.use_sync_batchnorm(model, context)
     model = model.to(device=device, dtype=precision.parameter_dtype,
@@ -196,6 +197,25 @@ def build_run(config: Config, context: distributed.DistributedContext, out: Path
                monitor=None, log=MetricsLog(out / "metrics.jsonl", enabled=context.is_main),
                progress=Progress(plan.total_steps, plan.epochs, enabled=context.is_main),
                tensorboard=TensorBoardLog(out / "tensorboard", enabled=context.is_main and run.tensorboard))
+
+
+def check_model_input(model: nn.Module, name: str, info: DataInfo) -> None:
+    """One forward pass of a blank image on the CPU, before any training: a model that cannot take
+    the data set's images, or gives another number of outputs than it has classes, is a
+    ConfigError naming both (not a shape error in the middle of the first step)."""
+    was_training = model.training
+    model.eval()
+    shape = (info.channels, info.image_size, info.image_size)
+    try:
+        with torch.no_grad():
+            outputs = model(torch.zeros(1, *shape, dtype=next(model.parameters()).dtype)).shape[-1]
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"model {name} cannot take the data set's {'x'.join(map(str, shape))} images "
+                          f"({str(error).splitlines()[0][:100]}); choose another --model or --image-size") from None
+    finally:
+        model.train(was_training)
+    if outputs != info.num_classes:
+        raise ConfigError(f"model {name} gives {outputs} outputs but the data set has {info.num_classes} classes")
 
 
 def resolve_data(config: Config, info: DataInfo) -> None:

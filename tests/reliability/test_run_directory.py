@@ -122,3 +122,19 @@ def test_an_empty_test_set_is_an_error_not_top1_zero(tmp_path, helpers, cli, mak
                         "--batch-size", "64", "--threads", "1"])
     helpers.assert_one_line_error(code, err, "no test image could be evaluated")
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_model_that_cannot_take_the_images_is_one_line(tmp_path, train_argv, helpers, cli):
+    code, _, err = cli(train_argv(tmp_path / "run", "--model", "alexnet_bn"))
+    helpers.assert_one_line_error(code, err, "model alexnet_bn cannot take the data set's 1x28x28 images",
+                                  "--model")
+    assert not (tmp_path / "run" / "config.toml").exists()
+
+
+def test_idx_images_of_another_size_are_one_line(tmp_path, helpers, cli, make_tiny_data):
+    import numpy as np
+    from largebatch.data.idx import write_idx
+    data = make_tiny_data(tmp_path / "data", train=64, test=32)
+    write_idx(data / "train-images-idx3-ubyte.gz", np.zeros((64, 32, 32), dtype=np.uint8))
+    code, _, err = cli(["train", "--data-dir", str(data), "--out", str(tmp_path / "run"), "--batch-size", "32"])
+    helpers.assert_one_line_error(code, err, "train-images-idx3-ubyte.gz: images are 32x32, expected 28x28")

@@ -81,6 +81,9 @@ def load_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if images.ndim != 3 or labels.ndim != 1:
         raise DataError(f"{image_path}: expected images (n, rows, cols) and labels (n,), "
                         f"got {images.shape} and {labels.shape}")
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"{image_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28 for the "
+                        f"{split} split of an MNIST-format data set")
     if len(images) != len(labels):
         raise DataError(f"{folder}: {len(images)} images but {len(labels)} labels in the {split} split")
     if len(labels) and labels.max() > 9:
