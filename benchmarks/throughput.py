@@ -199,6 +199,11 @@ class OurLoop:
         self.guarded_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         if len(self.window) == LOG_EVERY:  # the engine's log boundary: one host read for the window
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the losses of the steps since the last read (the end of a timed round is a boundary)."""
+        if self.window:
             self.losses += [value / self.batch for value in torch.stack(self.window).tolist()]
             self.window = []
 
@@ -267,6 +272,8 @@ def time_steps(loop, steps: int, device: torch.device) -> tuple[float, float]:
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         loop.step()
+    if hasattr(loop, "flush"):
+        loop.flush()
     synchronize(device)
     return time.perf_counter() - start, time.process_time() - cpu_start
 

@@ -74,7 +74,8 @@ def contents(directory: Path) -> tuple[list[str], list[str]]:
 def check_start(directory: Path, resume: str, has_checkpoint: bool, what: str = "run") -> None:
     """Refuse, in one line, to start (or resume) in ``directory`` when that would overwrite or
     mix runs: a new run needs an empty or new directory; ``--resume auto`` without a checkpoint
-    starts afresh only where there is nothing else. A lock held by another job is refused too."""
+    starts afresh, unless the run there finished (its summary.json would be replaced). A lock
+    held by another job is refused too."""
     ours, others = contents(directory)
     lock = directory / LOCK_NAME
     if LOCK_NAME in ours:
@@ -91,10 +92,10 @@ def check_start(directory: Path, resume: str, has_checkpoint: bool, what: str = 
     if ours and not resume:
         raise RunDirectoryError(f"--out {directory} already holds a {what} ({', '.join(ours)}); continue it with "
                                 "--resume auto, or choose another --out")
-    if ours and resume:
-        finished = " (finished: summary.json)" if "summary.json" in ours else ""
-        raise RunDirectoryError(f"--out {directory} holds a {what}{finished} but no checkpoint to resume from "
-                                f"({', '.join(ours)}); choose another --out to train again")
+    if resume and "summary.json" in ours:
+        raise RunDirectoryError(f"--out {directory} holds a {what} (finished: summary.json) but no checkpoint to resume "
+                                f"from ({', '.join(ours)}); choose another --out to train again")
+    # --resume auto on a run stopped before its first checkpoint: nothing to resume, start it afresh
 
 
 def _stale(lock: Path, owner: dict) -> bool:

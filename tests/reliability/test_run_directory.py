@@ -138,3 +138,13 @@ def test_idx_images_of_another_size_are_one_line(tmp_path, helpers, cli, make_ti
     write_idx(data / "train-images-idx3-ubyte.gz", np.zeros((64, 32, 32), dtype=np.uint8))
     code, _, err = cli(["train", "--data-dir", str(data), "--out", str(tmp_path / "run"), "--batch-size", "32"])
     helpers.assert_one_line_error(code, err, "train-images-idx3-ubyte.gz: images are 32x32, expected 28x28")
+
+
+def test_resume_auto_restarts_a_run_stopped_before_its_first_checkpoint(tmp_path, train_argv, cli):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.toml").write_text("# left by a run killed during its first epoch\n")
+    (out / "metrics.jsonl").write_text("")
+    code, _, err = cli(train_argv(out, "--resume", "auto"))
+    assert code == 0, err
+    assert (out / "summary.json").is_file()
