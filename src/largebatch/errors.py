@@ -24,3 +24,14 @@ class CheckpointError(UserError):
 class CheckpointWarning(UserWarning):
     """A checkpoint was skipped (corrupt, truncated) and an older one used; the command line prints
     it as one line, ``largebatch: warning: ...``."""
+
+
+class Interrupted(UserError):
+    """A run (or a study) stopped by SIGTERM or SIGINT after saving its checkpoint. The command
+    exits with ``exit_code`` = 128 + the signal's number, as a shell reports a process killed by
+    that signal, so schedulers and ``&&`` chains see that the work is not finished."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+        self.exit_code = 128 + signal_number
