@@ -1,134 +1,270 @@
-"""Reports of runs and studies: a Markdown table, results.json and PNG plots (matplotlib).
+"""``largebatch report``: a Markdown table, results.json and PNG plots of a run or a study.
 
 ``largebatch report DIR`` accepts a run directory or a study directory (any folder holding run
-directories). It writes ``report.md``, ``results.json``, ``top1_vs_batch.png`` (top-1 against
-batch size on a log2 axis, one line per optimizer variant, or per variant and augmentation
-level) and ``top1_vs_epoch.png`` (test top-1 against epoch for every run) into DIR (or
-``--out``). When the runs use several augmentation levels, the report adds the gain of each
-level over ``none`` per batch size with the spread over seeds (:func:`augmentation_tables`) and
-``top1_vs_batch_augmentation.png`` (one line per level, error bars over seeds).
+directories). It writes into DIR (or ``--out``):
+
+- ``results.json``: one object per run (:func:`largebatch.study.runs.result_row`);
+- ``report.md``: the table of runs and, where they apply, the sections below;
+- ``top1_vs_batch.png``: top-1 against batch size on a log2 axis, one line per variant (or per
+  variant and augmentation level), each cell at its best LR factor;
+- ``top1_vs_epoch.png``: test top-1 against epoch for each cell's best-factor runs;
+- with LR sweeps (cells with several LR factors): the "LR sweeps" section (best factor, top-1 at
+  it as mean ± std over seeds, the width of the good LR range: :mod:`largebatch.study.sweep`),
+  ``sweeps.json`` and one ``sweep_b<batch>.png`` per batch size (top-1 against LR factor, one
+  line per variant, diverged runs marked);
+- with several augmentation levels: the gain of each level over ``none`` per batch size with the
+  spread over seeds (:func:`augmentation_tables`) and ``top1_vs_batch_augmentation.png``.
 
 ``--merge FILE`` adds the rows of an earlier report's ``results.json`` whose run directories are
 not in DIR (runs done on another machine, or in a run folder since deleted), so one report can
 cover a study that ran in several places. A run present in DIR replaces the merged row of the
 same name: the run directory is the primary record.
+
+Every file read is checked (:mod:`largebatch.study.runs`); a damaged run or merged row is left
+out with a one-line warning, or stops the report with ``strict``. Everything is computed before
+anything is written, and each output is written atomically, so a failure leaves the previous
+report as it was.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import statistics
-import tomllib
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from largebatch.config import AUGMENTATIONS
-from largebatch.errors import UserError
-from largebatch.progress import epoch_records, read_metrics
+from largebatch.errors import ConfigError, UserError
+from largebatch.progress import format_duration
+from largebatch.study import sweep as sweeps
+from largebatch.study.runs import collect_runs, load_results, merge_results
+
+Row = dict[str, Any]
 
 
-def find_run_dirs(directory: Path) -> list[Path]:
-    """Run directories (config.toml + summary.json) at or below ``directory``."""
-    directory = Path(directory)
-    if (directory / "summary.json").is_file():
-        return [directory]
-    return sorted(p.parent for p in directory.rglob("summary.json") if (p.parent / "config.toml").is_file())
+def label(row: Row) -> str:
+    """What a run's line is called: its study variant, or its optimizer for a plain run."""
+    return row.get("variant") or row["optimizer"]
 
 
-def collect_runs(directory: Path) -> list[dict[str, Any]]:
-    """One row per complete run: the study's axes, the results, and the run directory."""
-    rows = []
-    for run_dir in find_run_dirs(directory):
-        summary = json.loads((run_dir / "summary.json").read_text())
-        config = tomllib.loads((run_dir / "config.toml").read_text())
-        metrics = run_dir / "metrics.jsonl"
-        records = epoch_records(read_metrics(metrics)) if metrics.is_file() else []
-        variant = run_dir.name.split("-b")[0] if "-b" in run_dir.name else config["optimizer"]["name"]
-        rows.append({
-            "run": str(run_dir.relative_to(directory)) if run_dir != Path(directory) else run_dir.name,
-            "variant": variant,
-            "batch_size": summary["global_batch_size"],
-            "optimizer": config["optimizer"]["name"],
-            "augmentation": config["data"].get("augmentation", "none"),
-            "seed": config["run"]["seed"],
-            "lr": summary.get("peak_lr") if summary.get("peak_lr") is not None else _peak_lr(config, summary),
-            "diverged": bool(summary.get("diverged", False)),
-            "top1": summary["top1"],
-            "top5": summary["top5"],
-            "best_top1": summary["best_top1"],
-            "epochs": summary["epochs"],
-            "steps": summary["steps"],
-            "wall_s": summary.get("wall_time_s", 0.0),
-            "train_s": summary["train_time_s"],
-            "images_per_s": summary["images_per_s"],
-            "final_train_loss": _last_train_loss(records),
-            # Kept in results.json so that a report merged from it (--merge) can still plot epochs.
-            "top1_by_epoch": [[m["epoch"], m["top1"]] for m in records if m.get("top1") is not None],
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells and their LR sweeps
+
+Cell = tuple[str, str, int]  # (label, augmentation, batch)
+
+
+def cell_of(row: Row) -> Cell:
+    return (label(row), row["augmentation"], row["batch_size"])
+
+
+@dataclass
+class CellReport:
+    """A cell's runs and its sweep (:func:`largebatch.study.sweep.analyse`)."""
+
+    cell: Cell
+    rows: list[Row]
+    sweep: sweeps.CellSweep
+    best_rows: list[Row] = field(default_factory=list)   # the runs at the best factor (all, if none)
+
+
+def analyse_cells(rows: list[Row]) -> dict[Cell, CellReport]:
+    """Every cell of the rows with its sweep; the curve seeds are those present at every factor."""
+    grouped: dict[Cell, list[Row]] = defaultdict(list)
+    for r in rows:
+        grouped[cell_of(r)].append(r)
+    cells = {}
+    for cell, mine in sorted(grouped.items()):
+        results = [sweeps.Result(r["lr_factor"], r["seed"], r["top1"], bool(r["diverged"])) for r in mine]
+        analysis = sweeps.analyse(results)
+        best = analysis.best.lr_factor if analysis.best else None
+        cells[cell] = CellReport(cell, mine, analysis,
+                                 [r for r in mine if r["lr_factor"] == best] if best is not None else list(mine))
+    return cells
+
+
+def best_factor_rows(cells: dict[Cell, CellReport]) -> list[Row]:
+    """The runs at each cell's best LR factor (a cell without one: all its runs)."""
+    return [r for c in cells.values() for r in c.best_rows]
+
+
+def _factor(value: float) -> str:
+    return f"x{value:g}"
+
+
+def _width(c: CellReport) -> str:
+    s = c.sweep
+    if not s.swept:
+        return "-"
+    if s.width_log2 is None:
+        return "none (all diverged)"
+    return ("≥ " if s.open_low or s.open_high else "") + f"{s.width_log2:g}"
+
+
+def _best_top1(c: CellReport) -> str:
+    s = c.sweep
+    if s.best is None:
+        return "diverged"
+    text = _points(s.best_mean, s.best_std) + f" (n={len(s.best_top1s)})"
+    if s.best_diverged:
+        text += f", {s.best_diverged} diverged"
+    return text
+
+
+def sweep_tables(cells: dict[Cell, CellReport]) -> str:
+    """Markdown: per swept cell, the factors, the best factor and its top-1 over seeds, and the
+    good LR range; then best top-1 and range width by batch size and variant."""
+    swept = {k: c for k, c in cells.items() if c.sweep.swept}
+    several_levels = len({k[1] for k in cells}) > 1
+    text = ["## LR sweeps\n",
+            "Each cell (variant, batch) runs its optimizer's LR rule times each factor. Best factor: highest "
+            "test top-1 over the curve seeds (the seeds run at every factor); a diverged run has no top-1 and "
+            "ranks below every finished one. Top-1 at the best factor: mean ± standard deviation over all "
+            "its seeds (n). Good-LR range: the consecutive factors around the best, none diverged, whose "
+            "top-1 is within 0.5 point of the best; its width is log2(largest / smallest factor), i.e. in "
+            "factors of 2, \"≥\" when the range reaches an end of the sweep. \"edge\": the best is the "
+            "smallest or largest factor swept.\n",
+            f"| variant |{' augmentation |' if several_levels else ''} batch | factors swept | diverged at | best "
+            "factor | peak LR | top-1 at best (%) | good-LR range | width (log2) |",
+            f"|---|{'---|' if several_levels else ''}---:|---|---|---:|---:|---:|---|---:|"]
+    for (name, level, batch), c in sorted(swept.items(), key=lambda item: (item[0][2], item[0][0], item[0][1])):
+        s = c.sweep
+        factors = [p.lr_factor for p in s.points]
+        diverged = ", ".join(_factor(p.lr_factor) for p in s.points if p.diverged) or "-"
+        best = "-" if s.best is None else _factor(s.best.lr_factor) + (" (edge)" if s.at_edge else "")
+        lr = "-"
+        if s.best is not None:
+            lrs = {r["lr"] for r in c.best_rows if r.get("lr") is not None}
+            lr = ", ".join(f"{v:.4g}" for v in sorted(lrs)) or "-"
+        good = "-" if s.range_factors is None else f"{_factor(s.range_factors[0])} - {_factor(s.range_factors[1])}"
+        text.append(f"| {name} |{f' {level} |' if several_levels else ''} {batch} | {_factor(factors[0])} - "
+                    f"{_factor(factors[-1])} ({len(factors)}) | {diverged} | {best} | {lr} | {_best_top1(c)} | "
+                    f"{good} | {_width(c)} |")
+    labels = sorted({(k[0], k[1]) for k in cells})
+    batches = sorted({k[2] for k in cells})
+    head = ("| batch | " + " | ".join(f"{n} / {lv}" if several_levels else n for n, lv in labels) + " |\n|---:|"
+            + "---:|" * len(labels))
+
+    def pivot(title: str, render) -> str:
+        lines = [f"| {b} | " + " | ".join(render(cells[(n, lv, b)]) if (n, lv, b) in cells else "-"
+                                          for n, lv in labels) + " |" for b in batches]
+        return f"\n**{title}**\n\n" + head + "\n" + "\n".join(lines) + "\n"
+
+    text.append(pivot("Best top-1 (%), at each cell's best factor (a cell with one factor: that factor), "
+                      "mean ± std over seeds (n)", _best_top1))
+    text.append(pivot("Good-LR range width (log2 of largest / smallest factor within 0.5 point of the best)",
+                      _width))
+    return "\n".join(text) + "\n"
+
+
+def sweeps_json(cells: dict[Cell, CellReport]) -> list[dict[str, Any]]:
+    """The sweep of every cell, for sweeps.json."""
+    out = []
+    for (name, level, batch), c in cells.items():
+        s = c.sweep
+        out.append({
+            "variant": name, "augmentation": level, "batch_size": batch,
+            "curve": [{"lr_factor": p.lr_factor, "top1": p.top1, "diverged": p.diverged, "seeds": list(p.seeds)}
+                      for p in s.points],
+            "best_factor": s.best.lr_factor if s.best else None,
+            "best_top1_mean": s.best_mean, "best_top1_std": s.best_std, "best_seeds": len(s.best_top1s),
+            "best_diverged": s.best_diverged, "best_at_edge": s.at_edge,
+            "good_range": list(s.range_factors) if s.range_factors else None,
+            "width_log2": s.width_log2, "width_is_lower_bound": s.open_low or s.open_high,
         })
-    rows.sort(key=lambda r: (r["variant"], r["augmentation"], r["batch_size"], r["seed"], r["lr"] or 0))
-    return rows
-
-
-def _peak_lr(config: dict[str, Any], summary: dict[str, Any]) -> float:
-    from largebatch.schedule import scaled_lr
-    return scaled_lr(config["optimizer"]["lr"], summary["global_batch_size"], config["schedule"]["base_batch_size"],
-                     config["schedule"]["scaling"])
-
-
-def _last_train_loss(records: list[dict[str, Any]]) -> float | None:
-    return records[-1].get("train_loss") if records else None
-
-
-# What a merged row must hold: the axes of the study and the result (issue 13's results.json).
-RESULT_KEYS = ("run", "variant", "batch_size", "optimizer", "augmentation", "seed", "top1", "epochs", "wall_s")
-
-
-def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of an earlier report's results.json, checked for the keys a report needs."""
-    path = Path(path)
-    try:
-        rows = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such results file; give the results.json written by `largebatch report`")
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not JSON ({error.msg} at line {error.lineno}); give a results.json written by "
-                        "`largebatch report`")
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise UserError(f"{path}: expected a JSON list of run objects, as `largebatch report` writes in results.json")
-    for index, r in enumerate(rows):
-        missing = [k for k in RESULT_KEYS if k not in r]
-        if missing:
-            raise UserError(f"{path}: run {index} ({r.get('run', 'no name')}) lacks {', '.join(missing)}; "
-                            "results.json rows need " + ", ".join(RESULT_KEYS))
-    return rows
-
-
-def merge_results(rows: list[dict[str, Any]], merged: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
-    """``rows`` plus the rows of ``merged`` whose run name is not among them, marked with ``source``."""
-    present = {r["run"] for r in rows}
-    added = [{**r, "source": r.get("source") or source} for r in merged if r["run"] not in present]
-    out = rows + added
-    out.sort(key=lambda r: (r["variant"], r["augmentation"], r["batch_size"], r["seed"], r.get("lr") or 0))
     return out
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| batch | optimizer | augmentation | seed | peak LR | top-1 | top-5 | epochs | steps | wall time | "
-            "images/s |\n|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-    def accuracy(value: float | None, row: dict[str, Any]) -> str:
-        return "diverged" if row.get("diverged") else f"{100 * value:.2f}%"
+def plot_sweep(cells: dict[Cell, CellReport], batch: int) -> bytes:
+    """Top-1 against LR factor (log2 axis) at one batch size: one line per variant (mean over the
+    curve seeds), diverged factors as crosses on the bottom edge, each best factor starred."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    mine = {k: c for k, c in cells.items() if k[2] == batch and c.sweep.swept}
+    several_levels = len({k[1] for k in cells}) > 1
+    crosses = []
+    for (name, level, _), c in sorted(mine.items()):
+        text = f"{name} / {level}" if several_levels else name
+        finished = [p for p in c.sweep.points if not p.diverged]
+        line = ax.plot([p.lr_factor for p in finished], [100 * p.top1 for p in finished], marker="o",
+                       label=text if finished else "_nolegend_")[0]
+        color = line.get_color()
+        if c.sweep.best is not None:
+            ax.scatter([c.sweep.best.lr_factor], [100 * c.sweep.best.top1], marker="*", s=160, color=color, zorder=5)
+        crosses.append((text, color, [p.lr_factor for p in c.sweep.points if p.diverged]))
+    if not any(not p.diverged for c in mine.values() for p in c.sweep.points):
+        ax.set_ylim(0.0, 100.0)
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, top)  # the crosses below must not move the axis
+    for text, color, factors in crosses:
+        if factors:
+            ax.scatter(factors, [bottom] * len(factors), marker="x", s=70, color=color, zorder=5, clip_on=False,
+                       label=f"{text}: diverged")
+    ax.set_xscale("log", base=2)
+    factors = sorted({p.lr_factor for c in mine.values() for p in c.sweep.points})
+    ax.set_xticks(factors)
+    ax.set_xticklabels([f"{f:g}" for f in factors])
+    ax.minorticks_off()
+    ax.set_xlabel("LR factor on the variant's scaling rule (log2 scale)")
+    ax.set_ylabel("test top-1 accuracy (%), mean over the curve seeds")
+    ax.set_title(f"Batch {batch}: top-1 versus LR factor (star: best factor)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
 
-    lines = [f"| {r['batch_size']} | {r['variant']} | {r['augmentation']} | {r['seed']} | {r['lr']:.4g} | "
-             f"{accuracy(r['top1'], r)} | {accuracy(r['top5'], r)} | {r['epochs']} | {r['steps']} | "
-             f"{r['wall_s'] / 60:.1f} min | {r['images_per_s']:,.0f} |" for r in rows]
+
+# ---------------------------------------------------------------------------------------------
+# Runs by batch size
+
+def markdown_table(rows: list[Row]) -> str:
+    """The table of runs. The variant and LR factor columns appear only when some run has one."""
+    variants = any(r.get("variant") for r in rows)
+    factors = any(r["lr_factor"] != 1.0 for r in rows)
+    columns = ["batch"] + (["variant"] if variants else []) + ["optimizer", "augmentation", "seed"] + (
+        ["LR factor"] if factors else []) + ["peak LR", "top-1", "top-5", "epochs", "steps", "wall time", "images/s"]
+    align = {"variant": "---", "optimizer": "---", "augmentation": "---"}
+    head = "| " + " | ".join(columns) + " |\n|" + "|".join(align.get(c, "---:") for c in columns) + "|\n"
+
+    def accuracy(value: float | None, row: Row) -> str:
+        if row.get("diverged"):
+            return "diverged"
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    lines = []
+    for r in rows:
+        cells = [str(r["batch_size"])] + ([r.get("variant") or "-"] if variants else []) + [
+            r["optimizer"], r["augmentation"], str(r["seed"])] + ([f"x{r['lr_factor']:g}"] if factors else []) + [
+            "-" if r.get("lr") is None else f"{r['lr']:.4g}", accuracy(r["top1"], r), accuracy(r.get("top5"), r),
+            str(r["epochs"]), str(r["steps"]), format_duration(r["wall_s"]), f"{r['images_per_s']:,.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 
-def summary_by_batch(rows: list[dict[str, Any]], key: str | tuple[str, ...] = "variant"
-                     ) -> dict[str, dict[int, list[float]]]:
-    """{variant or augmentation (or several keys joined by " / "): {batch: [top1 of each seed]}}"""
+def summary_by_batch(rows: list[Row], key: str | tuple[str, ...] = "label") -> dict[str, dict[int, list[float]]]:
+    """{line label: {batch: [top1 of each seed]}} of the finished runs."""
     grouped: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if not r.get("diverged"):
@@ -136,53 +272,50 @@ def summary_by_batch(rows: list[dict[str, Any]], key: str | tuple[str, ...] = "v
     return grouped
 
 
-def _group_label(row: dict[str, Any], key: str | tuple[str, ...]) -> str:
-    """The row's value of ``key`` (several keys joined by " / "): a line of the batch plot."""
-    return " / ".join(str(row[k]) for k in ((key,) if isinstance(key, str) else key))
+def _group_label(row: Row, key: str | tuple[str, ...]) -> str:
+    """The row's value of ``key`` (several keys joined by " / "; "label": :func:`label`)."""
+    keys = (key,) if isinstance(key, str) else key
+    return " / ".join(label(row) if k == "label" else str(row[k]) for k in keys)
 
 
-def _mean_spread(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def plot_top1_vs_batch(rows: list[dict[str, Any]], path: Path, key: str | tuple[str, ...] = "variant",
-                       title: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_top1_vs_batch(rows: list[Row], key: str | tuple[str, ...] = "label", title: str = "") -> bytes:
+    """Top-1 against batch size (log2), one line per label, error bars over seeds; diverged runs as
+    crosses on the bottom edge."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = {}
-    for label, by_batch in sorted(summary_by_batch(rows, key).items()):
+    for name, by_batch in sorted(summary_by_batch(rows, key).items()):
         batches = sorted(by_batch)
         stats = [_mean_spread(by_batch[b]) for b in batches]
         means = [100 * m for m, _ in stats]
         spreads = [100 * s for _, s in stats]
         lines = ax.errorbar(batches, means, yerr=spreads if any(spreads) else None, marker="o", capsize=3,
-                            label=label)
-        colors[label] = lines[0].get_color()
-    # Diverged runs have no accuracy: a cross on the bottom edge, in their variant's colour.
+                            label=name)
+        colors[name] = lines[0].get_color()
+    # Diverged runs have no accuracy: a cross on the bottom edge, in their line's colour.
     diverged_by_label: dict[str, list[int]] = defaultdict(list)
     for r in rows:
         if r.get("diverged"):
             diverged_by_label[_group_label(r, key)].append(r["batch_size"])
-    bottom = ax.get_ylim()[0]
-    for label, batches in sorted(diverged_by_label.items()):
+    bottom = ax.get_ylim()[0] if colors else 0.0
+    for name, batches in sorted(diverged_by_label.items()):
         ax.scatter(batches, [bottom] * len(batches), marker="x", s=70, zorder=5, clip_on=False,
-                   color=colors.get(label, "red"), label=f"{label}: diverged (no accuracy)")
+                   color=colors.get(name, "red"), label=f"{name}: diverged (no accuracy)")
     ax.set_xscale("log", base=2)
     all_batches = sorted({r["batch_size"] for r in rows})
     ax.set_xticks(all_batches)
     ax.set_xticklabels([str(b) for b in all_batches])
+    ax.set_xlim(*log2_limits(all_batches))
+    ax.minorticks_off()
     ax.set_xlabel("global batch size (images per step, log2 scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
     epochs = sorted({r["epochs"] for r in rows})
     ax.set_title(title or f"Top-1 versus batch size ({', '.join(map(str, epochs))} epochs)")
     ax.grid(True, alpha=0.3)
-    ax.legend(title=key if isinstance(key, str) else " / ".join(key))
+    keys = (key,) if isinstance(key, str) else key
+    ax.legend(title=" / ".join("variant" if k == "label" else k for k in keys))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _png(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +338,7 @@ def augmentation_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     cells: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if not r.get("diverged"):
-            cells[(r["variant"], r["batch_size"], r["augmentation"])].append(r)
+            cells[(label(r), r["batch_size"], r["augmentation"])].append(r)
     stats = {k: _mean_spread([r["top1"] for r in v]) for k, v in cells.items()}
     smallest = {}
     for variant, batch, _ in cells:
@@ -266,13 +399,10 @@ def augmentation_tables(rows: list[dict[str, Any]]) -> str:
     return "\n".join(text)
 
 
-def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]]) -> bytes:
     """Top-1 against batch size, one line per augmentation level (error bars: std over seeds),
     one panel per variant."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     gains = augmentation_gains(rows)
     variants = sorted({g["variant"] for g in gains})
     levels = augmentation_levels(rows)
@@ -304,8 +434,7 @@ def plot_top1_vs_batch_by_augmentation(rows: list[dict[str, Any]], path: Path) -
         ax.legend(title="augmentation level")
     axes[0][0].set_ylabel("test top-1 accuracy (%), mean ± std over seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _png(fig)
 
 
 def epoch_line_labels(rows: list[dict[str, Any]]) -> list[str | None]:
@@ -333,34 +462,34 @@ def log2_limits(batches: list[int], margin: float = 1.5) -> tuple[float, float]:
     return min(batches) / margin, max(batches) * margin
 
 
-def plot_top1_vs_epoch(rows: list[dict[str, Any]], path: Path) -> None:
+
+
+def plot_top1_vs_epoch(rows: list[Row]) -> bytes | None:
     """Test top-1 against epoch for every run with a per-epoch record (``top1_by_epoch``): one
     panel per variant, or per variant and augmentation level when the runs use several levels
-    (one colour per batch size)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    (one colour per batch size). Every evaluation is a marker, so a run evaluated once still shows."""
     rows = [r for r in rows if r.get("top1_by_epoch")]
     if not rows:
-        return
+        return None
+    plt = _pyplot()
     several_levels = len({r["augmentation"] for r in rows}) > 1
     levels = augmentation_levels(rows) if several_levels else [""]
-    panels = [(variant, level) for variant in sorted({r["variant"] for r in rows}) for level in levels
-              if any(r["variant"] == variant and (not level or r["augmentation"] == level) for r in rows)]
+    panels = [(name, level) for name in sorted({label(r) for r in rows}) for level in levels
+              if any(label(r) == name and (not level or r["augmentation"] == level) for r in rows)]
     columns = min(len(panels), 4)
     lines = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(lines, columns, figsize=(4.6 * columns if columns > 1 else 6, 3.9 * lines),
                              squeeze=False, sharey=True)
     colormap = plt.get_cmap("viridis")
     batches = sorted({r["batch_size"] for r in rows})
-    for ax, (variant, level) in zip(axes.flat, panels):
-        mine = [r for r in rows if r["variant"] == variant and (not several_levels or r["augmentation"] == level)]
-        for r, label in zip(mine, epoch_line_labels(mine)):
+    for ax, (name, level) in zip(axes.flat, panels):
+        mine = [r for r in rows if label(r) == name and (not several_levels or r["augmentation"] == level)]
+        for r, text in zip(mine, epoch_line_labels(mine)):
             epochs, top1 = zip(*r["top1_by_epoch"])
             shade = batches.index(r["batch_size"]) / max(1, len(batches) - 1)
-            ax.plot(epochs, [100 * t for t in top1], color=colormap(0.9 * shade), label=label)
-        ax.set_title(f"{variant}, augmentation {level}" if several_levels else variant)
+            ax.plot(epochs, [100 * t for t in top1], color=colormap(0.9 * shade), marker="o", markersize=3,
+                    label=text)
+        ax.set_title(f"{name}, augmentation {level}" if several_levels else name)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
@@ -371,39 +500,109 @@ def plot_top1_vs_epoch(rows: list[dict[str, Any]], path: Path) -> None:
     low = min((100 * r["top1"] for r in rows if not r.get("diverged")), default=0)
     axes[0][0].set_ylim(max(0.0, math.floor(low / 5) * 5 - 10), 100)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _png(fig)
 
 
-def write_report(directory: str, out: str = "", merge: list[str] | tuple[str, ...] = ()) -> Path:
-    """Write report.md, results.json and the plots for a run or study directory, plus the rows
-    of earlier results.json files (``merge``) for runs whose directories are not there."""
-    directory_path = Path(directory)
-    rows = collect_runs(directory_path)
-    # Read every merged file before writing anything: --out may name the folder of one of them.
+# ---------------------------------------------------------------------------------------------
+# The report
+
+# What a folder given as --out may hold: anything but another run's or study's files.
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "checkpoints")
+
+
+def check_output_directory(out: Path, directory: Path) -> None:
+    """Refuse an ``--out`` that belongs to something else: a file, a run directory, or a study
+    directory (one holding run directories) other than the one reported."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    if out.resolve() == directory.resolve():
+        return
+    for name in RUN_FILES:
+        if (out / name).exists():
+            raise ConfigError(f"--out {out} is a run directory (it holds {name}); give another folder")
+    for entry in out.iterdir():
+        if entry.is_dir() and (entry / "config.toml").is_file():
+            raise ConfigError(f"--out {out} holds the run directory {entry.name}: it is another study's folder; "
+                              "give another folder")
+
+
+@dataclass
+class Report:
+    """Everything a report writes, computed before anything is written."""
+
+    rows: list[Row]
+    files: dict[str, bytes]
+    warnings: list[str]
+
+
+def build_report(directory: str | Path, merge: list[str] | tuple[str, ...] = (), strict: bool = False,
+                 title: str = "") -> Report:
+    """The report of a run or study directory plus the rows of earlier results.json files
+    (``merge``) for runs whose directories are not there; nothing is written."""
+    directory = Path(directory)
+    rows, warnings = collect_runs(directory, strict) if directory.exists() else ([], [])
     for source in merge:
-        rows = merge_results(rows, load_results(source), str(source))
+        merged, skipped = load_results(source, strict)
+        warnings += skipped
+        rows = merge_results(rows, merged, str(source))
     if not rows:
-        raise UserError(f"{directory}: no complete runs (run directories with summary.json) found")
-    out_path = Path(out) if out else directory_path
-    out_path.mkdir(parents=True, exist_ok=True)
-    (out_path / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+        raise UserError(f"{directory}: no complete runs (run directories with summary.json) found"
+                        + (f" ({len(warnings)} damaged, skipped)" if warnings else ""))
+    cells = analyse_cells(rows)
+    best = best_factor_rows(cells)
+    swept = any(c.sweep.swept for c in cells.values())
     several_levels = len(augmentation_levels(rows)) > 1
-    plot_top1_vs_batch(rows, out_path / "top1_vs_batch.png",
-                       key=("variant", "augmentation") if several_levels else "variant")
-    plot_top1_vs_epoch(rows, out_path / "top1_vs_epoch.png")
-    text = [f"# Report: {directory_path}\n", markdown_table(rows)]
+    files: dict[str, bytes] = {"results.json": (json.dumps(rows, indent=2) + "\n").encode()}
+    files["top1_vs_batch.png"] = plot_top1_vs_batch(
+        best, key=("label", "augmentation") if several_levels else "label",
+        title="Top-1 versus batch size, each at its best LR factor" if swept else "")
+    epoch_png = plot_top1_vs_epoch(best)
+    if epoch_png is not None:
+        files["top1_vs_epoch.png"] = epoch_png
+    text = [f"# Report: {title or directory}\n", markdown_table(rows)]
     merged = [r for r in rows if r.get("source")]
     if merged:
         sources = sorted({r["source"] for r in merged})
         without_epochs = sum(1 for r in merged if not r.get("top1_by_epoch"))
         text.append(f"{len(merged)} of the {len(rows)} runs come from {', '.join(sources)} (their run directories "
-                    f"are not in {directory_path})" + (f"; {without_epochs} of them have no per-epoch record and "
-                                                       "are not in the epoch plot" if without_epochs else "") + ".\n")
+                    f"are not in {directory})" + (f"; {without_epochs} of them have no per-epoch record and "
+                                                  "are not in the epoch plot" if without_epochs else "") + ".\n")
+    if warnings:
+        text.append(f"{len(warnings)} damaged run(s) left out: " + "; ".join(warnings) + "\n")
+    if swept:
+        text.append(sweep_tables(cells))
+        files["sweeps.json"] = (json.dumps(sweeps_json(cells), indent=2) + "\n").encode()
+        for batch in sorted({k[2] for k, c in cells.items() if c.sweep.swept}):
+            files[f"sweep_b{batch}.png"] = plot_sweep(cells, batch)
+            text.append(f"![batch {batch}: top-1 versus LR factor](sweep_b{batch}.png)\n")
     if several_levels:
-        plot_top1_vs_batch_by_augmentation(rows, out_path / "top1_vs_batch_augmentation.png")
-        text.append(augmentation_tables(rows))
+        files["top1_vs_batch_augmentation.png"] = plot_top1_vs_batch_by_augmentation(best)
+        text.append(augmentation_tables(best))
         text.append("![top-1 versus batch size by augmentation level](top1_vs_batch_augmentation.png)\n")
-    text.append("\n![top-1 versus batch size](top1_vs_batch.png)\n\n![top-1 versus epoch](top1_vs_epoch.png)\n")
-    (out_path / "report.md").write_text("\n".join(text))
+    text.append("\n![top-1 versus batch size](top1_vs_batch.png)\n")
+    if epoch_png is not None:
+        text.append("\n![top-1 versus epoch](top1_vs_epoch.png)\n")
+    files["report.md"] = "\n".join(text).encode()
+    return Report(rows, files, warnings)
+
+
+def write_report(directory: str, out: str = "", merge: list[str] | tuple[str, ...] = (),
+                 strict: bool = False) -> Path:
+    """Compute the report of a run or study directory (:func:`build_report`), then write each of
+    its files atomically into ``out`` (default: the directory itself); returns report.md's path.
+    Damaged runs left out are printed as one warning line each on stderr."""
+    import sys
+
+    from largebatch.checkpoint import write_atomic
+
+    report = build_report(directory, merge, strict)
+    for warning in report.warnings:
+        print(f"largebatch: warning: {warning}", file=sys.stderr)
+    out_path = Path(out) if out else Path(directory)
+    check_output_directory(out_path, Path(directory))
+    out_path.mkdir(parents=True, exist_ok=True)
+    for name, data in report.files.items():
+        write_atomic(out_path / name, data)
     return out_path / "report.md"
