@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from largebatch.config import AUGMENTATIONS
-from largebatch.errors import ConfigError, UserError
+from largebatch.errors import UserError
 from largebatch.progress import format_duration
 from largebatch.study import sweep as sweeps
+from largebatch.study.outputs import write_outputs
 from largebatch.study.runs import collect_runs, load_results, merge_results
 
 Row = dict[str, Any]
@@ -506,28 +507,6 @@ def plot_top1_vs_epoch(rows: list[Row]) -> bytes | None:
 # ---------------------------------------------------------------------------------------------
 # The report
 
-# What a folder given as --out may hold: anything but another run's or study's files.
-RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "checkpoints")
-
-
-def check_output_directory(out: Path, directory: Path) -> None:
-    """Refuse an ``--out`` that belongs to something else: a file, a run directory, or a study
-    directory (one holding run directories) other than the one reported."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder")
-    if out.resolve() == directory.resolve():
-        return
-    for name in RUN_FILES:
-        if (out / name).exists():
-            raise ConfigError(f"--out {out} is a run directory (it holds {name}); give another folder")
-    for entry in out.iterdir():
-        if entry.is_dir() and (entry / "config.toml").is_file():
-            raise ConfigError(f"--out {out} holds the run directory {entry.name}: it is another study's folder; "
-                              "give another folder")
-
-
 @dataclass
 class Report:
     """Everything a report writes, computed before anything is written."""
@@ -595,14 +574,9 @@ def write_report(directory: str, out: str = "", merge: list[str] | tuple[str, ..
     Damaged runs left out are printed as one warning line each on stderr."""
     import sys
 
-    from largebatch.checkpoint import write_atomic
-
     report = build_report(directory, merge, strict)
     for warning in report.warnings:
         print(f"largebatch: warning: {warning}", file=sys.stderr)
     out_path = Path(out) if out else Path(directory)
-    check_output_directory(out_path, Path(directory))
-    out_path.mkdir(parents=True, exist_ok=True)
-    for name, data in report.files.items():
-        write_atomic(out_path / name, data)
+    write_outputs(out_path, report.files, Path(directory))
     return out_path / "report.md"
