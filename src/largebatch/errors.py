@@ -27,9 +27,9 @@ class CheckpointWarning(UserWarning):
 
 
 class Interrupted(UserError):
-    """A run (or a study) stopped by SIGTERM or SIGINT after saving its checkpoint. The command
-    exits with ``exit_code`` = 128 + the signal's number, as a shell reports a process killed by
-    that signal, so schedulers and ``&&`` chains see that the work is not finished."""
+    """A run stopped by a signal (SIGTERM, SIGINT) after saving its checkpoint. The command line
+    exits with ``exit_code`` = 128 + the signal number, as a shell reports a process killed by it,
+    so schedulers and torchrun's elastic agent never take a preempted run for a finished one."""
 
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
