@@ -38,7 +38,7 @@ from typing import Any
 from largebatch.config import AUGMENTATIONS
 from largebatch.errors import ConfigError, DataError, UserError
 from largebatch.progress import read_metrics
-from largebatch.study.names import VARIANT_PATTERN, VARIANT_RULE
+from largebatch.study.names import READABLE_VARIANT
 from largebatch.study.runs import DamagedRun, find_started_run_dirs, read_epochs, read_run
 from largebatch.study.sweep import Result, analyse
 
@@ -564,8 +564,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("give --noise-scale N or --noise-run DIR, not both")
     if args.noise_scale is not None and not (math.isfinite(args.noise_scale) and args.noise_scale > 0):
         raise ConfigError(f"--noise-scale: expected a finite number > 0, got {args.noise_scale}")
-    if not VARIANT_PATTERN.fullmatch(args.variant):
-        raise ConfigError(f"--variant {args.variant[:80]!r}: a variant name is {VARIANT_RULE}")
+    if not READABLE_VARIANT.fullmatch(args.variant):
+        raise ConfigError(f"--variant {args.variant[:80]!r}: not a variant name (letters, digits, '_', '-', '.')")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,10 +1,14 @@
 """Run folder names of a study: ``<variant>-b<batch>-<augmentation>-s<seed>[-lr<factor>]``.
 
-The name is the run's grid point, written so that it reads back exactly: ``-`` separates the
-parts and a variant name cannot contain it (letters, digits and underscores only), the
-augmentation is one of the known levels, and the LR factor is written with ``:g`` (six
-significant digits), so two factors that print alike are the same grid point (the study file
-loader refuses them as duplicates). A folder whose name does not parse is not a study run.
+The name is the run's grid point, written so that it reads back exactly. A study makes variant
+names of ASCII letters, digits and underscores only, so ``-`` separates the parts; the
+augmentation is one of the known levels; the LR factor is written with ``:g`` (six significant
+digits), so two factors that print alike are the same grid point (the study file loader refuses
+them as duplicates). Names are parsed from the right: the part before the last
+``-b<batch>-<augmentation>-s<seed>[-lr<factor>]`` is the variant, whatever it holds, so a run
+folder written before variant names were restricted (``lars-bias_excluded-b4096-none-s0``) still
+reads back as its own variant and is never taken for another (``lars``). A folder whose name does
+not parse is not a study run.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from largebatch.errors import ConfigError
 VARIANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,63}", re.ASCII)
 VARIANT_RULE = ("1 to 64 ASCII letters, digits and underscores, starting with a letter or digit "
                 "('-' separates the parts of a run folder name)")
-RUN_NAME = re.compile(r"(?P<variant>[A-Za-z0-9][A-Za-z0-9_]{0,63})-b(?P<batch>[1-9][0-9]{0,15})"
+# What a variant read back from a folder may hold: also '-' and '.' (names made before the rule
+# above), never a path separator or a leading dot.
+READABLE_VARIANT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
+RUN_NAME = re.compile(r"(?P<variant>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})-b(?P<batch>[1-9][0-9]{0,15})"
                       r"-(?P<augmentation>[a-z]+)-s(?P<seed>0|[1-9][0-9]{0,15})(?:-lr(?P<factor>[0-9.e+-]{1,16}))?",
                       re.ASCII)
 

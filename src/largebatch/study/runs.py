@@ -24,7 +24,7 @@ from typing import Any
 from largebatch import config as cfg
 from largebatch.errors import ConfigError, DataError, UserError
 from largebatch.progress import epoch_records, read_metrics
-from largebatch.study.names import VARIANT_PATTERN, parse_run_name
+from largebatch.study.names import READABLE_VARIANT, parse_run_name
 
 MAX_SMALL_FILE = 1 << 20      # config.toml, summary.json: 1 MiB is 1,000 times what a run writes
 MAX_METRICS_FILE = 1 << 30    # metrics.jsonl: a 90-epoch ImageNet run writes a few MB
@@ -273,7 +273,7 @@ def check_row(path: Path, index: int, row: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not name or not _plain_text(name):
         raise DamagedRun(f"{where}: run is not a plain name")
     variant = row.get("variant")
-    if variant is not None and (not isinstance(variant, str) or not VARIANT_PATTERN.fullmatch(variant)):
+    if variant is not None and (not isinstance(variant, str) or not READABLE_VARIANT.fullmatch(variant)):
         raise DamagedRun(f"{where}: variant {str(variant)[:40]!r} is not a variant name")
     point = parse_run_name(Path(name).name)
     if point is not None:  # the run's name states its grid point: it wins over the row's own fields

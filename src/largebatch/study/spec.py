@@ -125,6 +125,8 @@ class Study:
                  settings: dict[str, Any] | None = None) -> StudyRun:
         """The run at this grid point, its config validated (``settings``: extra ``section.key``
         values, as ``largebatch study --set`` gives)."""
+        lr_factor = cfg.check_value(f"study {self.path}: run {variant}-b{batch_size}: LR factor", _FACTOR_FIELD,
+                                    lr_factor)
         with_factor = self.sweeps or lr_factor != 1.0
         point = GridPoint(variant, batch_size, augmentation, seed, float(lr_factor), with_factor)
         return StudyRun(point, _run_config(self, point, settings or {}))
