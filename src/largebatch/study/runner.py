@@ -178,6 +178,9 @@ class StudyRunner:
 
     def widen(self, cell: tuple[str, str, int]) -> None:
         study = self.study
+        for point in self.cell_points(cell, study.seeds):  # factors added by an earlier invocation
+            if point.lr_factor not in study.lr_factors:
+                self.execute(study.make_run(cell[0], cell[2], cell[1], point.seed, point.lr_factor), "widening")
         while True:
             results = self.cell_results(cell, self.cell_points(cell, study.seeds))
             if results is None:
