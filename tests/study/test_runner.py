@@ -278,9 +278,9 @@ def test_mini_study_runs_resumes_and_reports(tiny_data, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_mini_tuned_sweep_end_to_end(tiny_data, tmp_path, capsys):
-    """A real LR sweep on the tiny data: two optimizers, three factors, widened (at most one factor
-    beyond each end), then one extra seed at each best factor; the report's sweep section, plot and
-    results.json; critical-batch on the best-factor runs."""
+    """A real LR sweep on the tiny data: two optimizers, three factors four apart, widened (at most
+    one factor beyond each end, four apart again), then one extra seed at each best factor; the
+    report's sweep section, plot and results.json; critical-batch on the best-factor runs."""
     path = tmp_path / "tuned.toml"
     path.write_text(f"""
 [study]
@@ -293,13 +293,13 @@ best_seeds = [1]
 [variants.sgd_nesterov]
 optimizer = {{ name = "sgd", lr = 0.05, nesterov = true }}
 schedule = {{ scaling = "linear", base_batch_size = 64, warmup_epochs = 0.5 }}
-run = {{ micro_batch_size = 64, threads = 1, workers = 0 }}
-data = {{ data_dir = "{tiny_data}", train_subset = 256 }}
+run = {{ micro_batch_size = 64, threads = 1 }}
+data = {{ data_dir = "{tiny_data}", train_subset = 256, workers = 0 }}
 [variants.lars]
 optimizer = {{ name = "lars", lr = 2.0 }}
 schedule = {{ scaling = "sqrt", base_batch_size = 128, warmup_epochs = 0.5 }}
-run = {{ micro_batch_size = 64, threads = 1, workers = 0 }}
-data = {{ data_dir = "{tiny_data}", train_subset = 256 }}
+run = {{ micro_batch_size = 64, threads = 1 }}
+data = {{ data_dir = "{tiny_data}", train_subset = 256, workers = 0 }}
 """)
     out = tmp_path / "out"
     assert main(["study", str(path), "--out", str(out)]) == 0
@@ -311,12 +311,12 @@ data = {{ data_dir = "{tiny_data}", train_subset = 256 }}
     assert set(sweeps) == {(v, b) for v in ("sgd_nesterov", "lars") for b in (64, 128)}
     for (variant, batch), cell in sweeps.items():
         factors = [p["lr_factor"] for p in cell["curve"]]
-        assert {0.25, 1.0, 4.0} <= set(factors) and min(factors) >= 0.125 and max(factors) <= 8.0
+        assert {0.25, 1.0, 4.0} <= set(factors) and min(factors) >= 0.0625 and max(factors) <= 16.0
         best = cell["best_factor"]
         if best is None:
             continue
         # the best is interior, or the sweep went as far as widen_limit allows on that side
-        assert best not in (factors[0], factors[-1]) or factors[0] == 0.125 or factors[-1] == 8.0
+        assert best not in (factors[0], factors[-1]) or factors[0] == 0.0625 or factors[-1] == 16.0
         seeds = sorted(r["seed"] for r in rows if (r["variant"], r["batch_size"], r["lr_factor"]) == (variant, batch, best))
         assert seeds == [0, 1]
         assert cell["best_seeds"] + cell["best_diverged"] == 2
