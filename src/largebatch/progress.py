@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from largebatch.errors import DataError
-
 
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -94,7 +92,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
     A last line without its newline that is not valid JSON is a record being written (a run still
     training, or killed mid-write) and is left out. Any other line that is not a JSON object
-    raises :class:`DataError` naming the file and the line."""
+    raises :class:`largebatch.errors.DataError` naming the file and the line."""
+    from largebatch.errors import DataError
+
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
