@@ -139,6 +139,8 @@ def test_runs_done_elsewhere_count_and_a_second_invocation_redoes_nothing(tmp_pa
     assert "up-b4096-none-s0-lr1" not in names and "up-b4096-none-s0-lr4" not in names
     assert "up-b4096-none-s0-lr8" in names
     capsys.readouterr()
+    from largebatch.study.report import write_report
+    write_report(str(study.out))  # a report in the study directory (sweeps.json, sweep plots) is the study's
     fake_engine.trained.clear()
     runner.run_study(study)
     assert fake_engine.trained == []

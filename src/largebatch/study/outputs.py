@@ -13,6 +13,8 @@ from pathlib import Path
 from largebatch.errors import ConfigError
 
 RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "checkpoints")
+# What `report` and `critical-batch` write into a study directory, besides PNG plots.
+REPORT_FILES = ("report.md", "results.json", "sweeps.json", "critical_batch.json")
 
 
 def check_output_directory(out: Path, directory: Path, option: str = "--out") -> None:

@@ -28,14 +28,14 @@ from typing import Any
 
 from largebatch.errors import ConfigError, Interrupted
 from largebatch.study.names import GridPoint, parse_run_name
+from largebatch.study.outputs import REPORT_FILES, RUN_FILES
 from largebatch.study.runs import DamagedRun, read_run
 from largebatch.study.spec import Study, StudyRun
 from largebatch.study.sweep import Result, analyse, curve, next_factor
 
-# What a study directory may hold besides its run folders: the study file's copy, a report and
-# critical-batch outputs, the sweep plots, and hidden files (locks, atomic writes in progress).
-STUDY_FILES = ("study.toml", "report.md", "results.json", "critical_batch.json", "critical_batch.png")
-RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "checkpoints")
+# What a study directory may hold besides its run folders: the study file's copy, the outputs of
+# report and critical-batch (and their PNG plots), and hidden files (locks, atomic writes).
+STUDY_FILES = ("study.toml",) + REPORT_FILES
 
 
 def train_run(config) -> dict[str, Any]:

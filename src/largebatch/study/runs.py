@@ -211,6 +211,10 @@ def result_row(run: RunFiles, root: Path) -> dict[str, Any]:
     summary = run.summary
     assert summary is not None
     config, records = run.config, run.epochs
+    try:
+        lr = peak_lr(config)
+    except UserError as error:
+        raise DamagedRun(f"{run.directory / 'config.toml'}: no peak LR can be derived ({error})") from None
     return {
         "run": str(run.directory.relative_to(root)) if run.directory != root else run.directory.name,
         "variant": run.variant,
@@ -219,7 +223,7 @@ def result_row(run: RunFiles, root: Path) -> dict[str, Any]:
         "augmentation": config.data.augmentation,
         "seed": config.run.seed,
         "lr_factor": run.lr_factor,
-        "lr": peak_lr(config),
+        "lr": lr,
         "diverged": summary["diverged"],
         "top1": None if summary["diverged"] else summary["top1"],
         "top5": None if summary["diverged"] else summary["top5"],
