@@ -210,12 +210,12 @@ class StudyRunner:
         if results is None:
             return
         sweep = analyse(results, set(study.seeds))
+        if study.sweeps and next_factor(sweep.points, min(study.lr_factors), max(study.lr_factors),
+                                        study.widen_limit):
+            return  # the sweep is still widening (a dry run, or runs not selected)
         if sweep.best is None:
             self.log(f"{_cell_name(cell)}: every factor diverged; no extra seeds")
             return
-        if sweep.at_edge and study.sweeps and next_factor(sweep.points, min(study.lr_factors),
-                                                          max(study.lr_factors), study.widen_limit):
-            return  # the sweep is still widening (a dry run, or runs not selected)
         for seed in study.best_seeds:
             run = study.make_run(cell[0], cell[2], cell[1], seed, sweep.best.lr_factor)
             self.execute(run, f"seed {seed} of the best factor x{sweep.best.lr_factor:g}")
