@@ -207,6 +207,12 @@ def test_set_applies_to_the_selected_runs_only(tmp_path, fake_engine, capsys):
     capsys.readouterr()
     assert main(["study", str(study.path), "--out", str(study.out), "--set", "run.batch_size=8"]) == 2
     assert "the study's grid sets this key" in capsys.readouterr().err
+    # a value valid alone but not with a run's other keys is refused before anything runs
+    fake_engine.trained.clear()
+    assert main(["study", str(study.path), "--out", str(study.out), "--set", "run.micro_batch_size=8192"]) == 2
+    err = capsys.readouterr().err
+    assert "run up-b4096-none-s0-lr0.5: run.micro_batch_size (8192) is larger than run.batch_size" in err
+    assert fake_engine.trained == []
 
 
 def test_a_study_directory_that_belongs_to_something_else_is_refused(tmp_path, fake_engine, make_run):

@@ -85,6 +85,10 @@ class StudyRunner:
         """Run the study; returns the directories of the selected runs that are complete."""
         study = self.study
         check_study_directory(study.out)
+        if self.settings:  # every selected grid run with the settings, validated before any runs
+            for run in study.runs:
+                if self.selected(run.name):
+                    self.with_settings(run)
         if not self.dry_run:
             study.out.mkdir(parents=True, exist_ok=True)
             from largebatch.checkpoint import write_atomic
@@ -117,8 +121,7 @@ class StudyRunner:
             return
         self.log(f"{label}: running")
         if self.settings:
-            p = run.point
-            run = self.study.make_run(p.variant, p.batch_size, p.augmentation, p.seed, p.lr_factor, self.settings)
+            run = self.with_settings(run)
         from largebatch.train import DivergenceError
         try:
             result = train_run(run.config)
@@ -134,6 +137,11 @@ class StudyRunner:
                               f"{result['stopped_at_step']} (checkpoint saved); run the same command again to resume",
                               number)
         self.done.append(out)
+
+    def with_settings(self, run: StudyRun) -> StudyRun:
+        """The run with the ``--set`` values, validated with the rest of its config."""
+        p = run.point
+        return self.study.make_run(p.variant, p.batch_size, p.augmentation, p.seed, p.lr_factor, self.settings)
 
     # --- cells: widening and extra seeds -----------------------------------------------------
 

@@ -110,7 +110,7 @@ def _number(where: object, data: dict[str, Any], key: str, *, low: float = 0.0, 
     if key not in data:
         if default is not ...:
             return default
-        raise DamagedRun(f"{path}: no {key!r}")
+        raise DamagedRun(f"{where}: no {key!r}")
     value = data[key]
     if value is None and nullable:
         return None
