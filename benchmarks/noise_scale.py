@@ -40,6 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 from largebatch import models  # noqa: E402
 from largebatch.config import OptimizerConfig  # noqa: E402
 from largebatch.data import Normalizer  # noqa: E402
+from largebatch.derive import split_batch  # noqa: E402
 from largebatch.noise_scale import NoiseScaleMonitor, format_noise_scale  # noqa: E402
 from largebatch.optim import build_optimizer  # noqa: E402
 from largebatch.precision import Precision  # noqa: E402
@@ -84,14 +85,12 @@ def measure(rank: int, world_size: int, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     precision = Precision.build("fp32", device)
-    per_process = args.batch_size // world_size
-    micro = min(args.micro_batch_size, per_process)
-    accumulation = -(-per_process // micro)
+    split = split_batch(args.batch_size, world_size, args.micro_batch_size)
+    per_process, micro, accumulation = split.per_process_batch, split.micro_batch_size, split.accumulation_steps
     normalizer = Normalizer((0.286,), (0.353,), device, channels_last=True)
     baseline = build(args.model, world_size, device, seed=0)
     monitored = build(args.model, world_size, device, seed=0)
-    monitor = NoiseScaleMonitor(monitored[0], monitored[1], world_size, per_process, args.batch_size, accumulation,
-                                smoothing=0.9, every=args.every)
+    monitor = NoiseScaleMonitor(monitored[0], monitored[1], split, smoothing=0.9, every=args.every)
     generator = torch.Generator().manual_seed(rank)
     ddp = world_size > 1
 

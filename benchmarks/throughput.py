@@ -17,7 +17,8 @@ the median round counts.
     recipe's), uint8 micro-batches in host memory (pinned on CUDA, as the loader delivers them)
     copied ahead on a side stream (``largebatch.data.prefetch``), normalised on the device by
     ``Normalizer``, ``forward_backward`` with accumulation when ``--micro-batch-size`` is smaller
-    than ``--batch-size``, the per-step loss check (``.item()``) and the optimizer step.
+    than ``--batch-size``, the optimizer step skipped on the device when a gradient is not finite
+    (``GuardedStep``), and the losses read once every ``LOG_EVERY`` steps (the engine's log boundary).
 (c) ``timm-style`` (only when ``import timm`` works and timm has the model): timm.create_model,
     AMP (fp16 + GradScaler on CUDA, timm's default; bf16 on CPU), channels_last, timm's SGD.
 
@@ -62,7 +63,10 @@ from largebatch.data.transforms import train_transform
 from largebatch.errors import ConfigError, UserError
 from largebatch.optim import build_optimizer
 from largebatch.precision import PRECISIONS, Precision
+from largebatch.optim.guard import GuardedStep
 from largebatch.train import forward_backward, set_lr
+
+LOG_EVERY = 20  # the default run.log_every
 
 JPEG_WIDTH, JPEG_HEIGHT = 500, 375  # about the mean ImageNet training image
 
@@ -176,6 +180,8 @@ class OurLoop:
             pool.append(step)
         self.stream = prefetch_to_device(itertools.cycle(pool), device, prefetch_depth)
         self.losses: list[float] = []
+        self.window: list[torch.Tensor] = []
+        self.guarded_step = GuardedStep(self.precision.scaler)
         self.settings = {"precision": self.precision.name, "memory_format": "channels_last",
                          "compile": compile_model, "optimizer": type(self.optimizer).__name__,
                          "optimizer_config": {k: getattr(optimizer_config, k) for k in
@@ -189,11 +195,12 @@ class OurLoop:
         set_lr(self.optimizer, self.lr)
         loss_sum = forward_backward(self.train_model, next(self.stream), self.normalizer, self.precision, self.batch,
                                     ddp=False)
-        # train.py reduces the loss with a stop flag and reads it before the weights change
-        flags = torch.stack([loss_sum, torch.zeros((), device=self.device, dtype=torch.float64)])
-        self.losses.append(flags[0].item() / self.batch)
-        self.precision.step(self.optimizer)
+        self.window.append(loss_sum)
+        self.guarded_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
+        if len(self.window) == LOG_EVERY:  # the engine's log boundary: one host read for the window
+            self.losses += [value / self.batch for value in torch.stack(self.window).tolist()]
+            self.window = []
 
     def gradients(self) -> None:
         forward_backward(self.train_model, next(self.stream), self.normalizer, self.precision, self.batch, ddp=False)

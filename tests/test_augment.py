@@ -69,6 +69,20 @@ def test_level_settings_follow_the_documented_table():
         A.level_settings("heavy", 28)
 
 
+def test_a_label_smoothing_setting_replaces_the_levels_own():
+    # MLPerf's ResNet-50: crop-and-flip augmentation with label smoothing 0.1 (data.label_smoothing)
+    assert A.level_settings("extended", 224, 3, in_workers=True, label_smoothing=0.1).label_smoothing == 0.1
+    assert A.level_settings("strong", 28, 1, label_smoothing=0.0).label_smoothing == 0.0
+    assert A.level_settings("strong", 28, 1, label_smoothing=-1.0).label_smoothing == 0.1  # the level's own
+    augmenter = A.BatchAugmenter("none", 10, 28, 0, 8, label_smoothing=0.2)
+    assert augmenter.label_smoothing == 0.2 and not augmenter.active
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 10, dtype=torch.float64), torch.randint(0, 10, (8,))
+    smoothed = A.batch_loss(logits, labels, augmenter.label_smoothing)
+    targets = torch.full((8, 10), 0.02, dtype=torch.float64).scatter_(1, labels.view(8, 1), 0.82)
+    assert torch.allclose(smoothed, -(targets * torch.log_softmax(logits, 1)).sum())
+
+
 # -- operations, by hand -------------------------------------------------------------------------
 
 def test_padded_crop_shifts_the_content_by_hand():

@@ -13,7 +13,7 @@ def run_cli(args, env):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--batch-size", "-5"], "--batch-size: expected an integer >= 1, got -5"),
+    (["train", "--batch-size", "-5"], "--batch-size: expected an integer in [1, 2147483648], got -5"),
     (["train", "--optimizer", "adamx"], "argument --optimizer: invalid choice: 'adamx'"),
     (["train", "--recipe", "no_such_recipe"], "unknown recipe 'no_such_recipe'"),
 ])
@@ -59,3 +59,50 @@ def test_missing_data_says_how_to_get_it(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "dataset-fashion-mnist" in err and "--data-dir" in err
+
+
+@pytest.mark.parametrize("recipe", cfg.recipe_names())
+def test_dry_run_json_resolves_every_builtin_recipe(recipe, capsys):
+    import json
+    assert main(["train", "--recipe", recipe, "--dry-run", "--json", "--processes", "8", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"config", "derived", "lr_schedule", "param_groups"}
+    derived = result["derived"]
+    for key in ("global_batch_size", "processes", "per_process_batch", "micro_batch_size", "accumulation_steps",
+                "peak_lr", "total_steps", "warmup_steps", "steps_per_epoch"):
+        assert key in derived, key
+    assert derived["processes"] == 8
+    assert derived["per_process_batch"] * 8 == derived["global_batch_size"] == result["config"]["run"]["batch_size"]
+    steps = [step for step, _ in result["lr_schedule"]]
+    assert steps[0] == 0 and steps[-1] == derived["total_steps"] - 1 and steps == sorted(steps)
+    for group in result["param_groups"]:
+        assert set(group) >= {"tensors", "values", "weight_decay", "adapted", "lr_scale"}
+    if result["config"]["data"]["dataset"] == "imagenet":
+        assert derived["train_images"] == 1_281_167 and derived["test_images"] == 50_000
+
+
+def test_dry_run_numbers_match_a_real_runs_plan(tiny_data, tmp_path, capsys):
+    import json
+    flags = ["--data-dir", str(tiny_data), "--batch-size", "128", "--micro-batch-size", "32", "--epochs", "2",
+             "--warmup-epochs", "0.5", "--threads", "1"]
+    assert main(["train", *flags, "--dry-run", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    saved = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert planned["derived"] == saved["derived"]
+    assert planned["lr_schedule"] == saved["lr_schedule"]
+    assert planned["param_groups"] == saved["param_groups"]
+    assert planned["config"]["data"]["num_classes"] == saved["config"]["data"]["num_classes"] == 10
+
+
+def test_dry_run_prints_a_readable_plan(capsys):
+    assert main(["train", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "global batch" in text and "LR at steps" in text and "parameter groups" in text
+
+
+def test_abbreviated_options_are_errors(cli_env):
+    result = run_cli(["train", "--opt", "sgd", "--dry-run"], cli_env)
+    assert result.returncode == 2
+    assert "unrecognized arguments: --opt" in result.stderr and "Traceback" not in result.stderr

@@ -38,7 +38,7 @@ def test_unknown_section_and_top_level_key(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[run]\nbatch_size = -5\n", r"run.batch_size: expected an integer >= 1, got -5"),
+    ("[run]\nbatch_size = -5\n", r"run.batch_size: expected an integer in \[1, 2147483648\], got -5"),
     ("[run]\nbatch_size = 12.5\n", r"run.batch_size: expected an integer"),
     ("[run]\nbatch_size = true\n", r"run.batch_size: expected an integer"),
     ("[optimizer]\nname = \"adamx\"\n", r"optimizer.name: expected one of lars, larc, lamb, sgd, got 'adamx'"),

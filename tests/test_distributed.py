@@ -46,7 +46,7 @@ def test_processes_equal_accumulation(tmp_path, cli_env, tiny_data, processes, m
     args = ["--micro-batch-size", str(micro_batch), "--precision", "fp64", "--augmentation", augmentation]
     train_cli(single, cli_env, *args)
     result = train_cli(multi, cli_env, *args, processes=processes)
-    assert f"processes {processes}" in result.stdout and f"accumulation_steps 1" in result.stdout
+    assert f"{processes} processes x" in result.stdout and "x 1 accumulated" in result.stdout
     one, many = parameters(single), parameters(multi)
     assert one.keys() == many.keys()
     for key in one:
@@ -96,3 +96,20 @@ def test_torchrun_two_processes_on_real_cli_path(tmp_path, cli_env):
     result = train_cli(tmp_path / "r", cli_env, "--micro-batch-size", "32", processes=2)
     assert "done: top1" in result.stdout
     assert result.stdout.count("done: top1") == 1  # only rank 0 prints
+
+
+def test_second_job_on_a_finished_run_is_refused_by_every_rank_in_one_line(tmp_path, cli_env):
+    """The README's sequence: `largebatch train`, then torchrun on the same run directory. Every
+    process refuses before any collective call: one line each, no traceback from our code and no
+    gloo error (torchrun adds its own failure summary)."""
+    out = tmp_path / "run"
+    train_cli(out, cli_env, "--epochs", "1")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = train_cli(out, cli_env, "--epochs", "1", processes=2, check=False)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("largebatch: error:")]
+    assert len(ours) == 2 and all("already holds a run" in line for line in ours), result.stderr[-3000:]
+    frames = [line for line in result.stderr.splitlines() if line.strip().startswith("File ") and "largebatch" in line]
+    assert not frames, result.stderr[-3000:]
+    assert "gloo" not in result.stderr.lower()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from largebatch.derive import split_batch
 from largebatch.errors import ConfigError
 from largebatch.noise_scale import (NoiseScaleMonitor, NoiseScaleSmoother, format_noise_scale, squared_norm,
                                     unbiased_norm_sq, unbiased_trace)
@@ -87,8 +88,7 @@ def test_monitor_is_within_ten_percent_of_the_closed_form_noise_scale():
     u = torch.tensor([0.6, -0.4, 0.3, 0.5, -0.2, 0.4, -0.5, 0.3], dtype=torch.float64)
     norm_sq, trace = true_values(u)
     model = regression_model(u, w_star)
-    monitor = NoiseScaleMonitor(model, None, world_size=1, per_process_batch=64, global_batch=64,
-                                accumulation_steps=4, smoothing=1.0)
+    monitor = NoiseScaleMonitor(model, None, split_batch(64, 1, 16), smoothing=1.0)
     for _ in range(800):
         x, y = regression_batch(generator, 64, w_star)
         measured_step(model, monitor, list(zip(x.split(16), y.split(16))), 64)
@@ -114,7 +114,7 @@ def test_one_process_small_batch_norm_is_each_micro_batch_gradient():
     model = regression_model(torch.full((DIMENSION,), 0.3, dtype=torch.float64), w_star)
     x, y = regression_batch(generator, 62, w_star)
     micro = list(zip(torch.tensor_split(x, 4), torch.tensor_split(y, 4)))  # sizes 16, 16, 15, 15
-    monitor = NoiseScaleMonitor(model, None, 1, 62, 62, 4)
+    monitor = NoiseScaleMonitor(model, None, split_batch(62, 1, 16))
     sample = measured_step(model, monitor, micro, 62)
 
     def mean_gradient(xs, ys):
@@ -135,7 +135,7 @@ def test_a_parameter_first_used_in_a_later_micro_batch_counts_whole():
     torch.manual_seed(0)
     base, extra = nn.Linear(3, 1).double(), nn.Linear(3, 1).double()
     model = nn.ModuleDict({"base": base, "extra": extra})
-    monitor = NoiseScaleMonitor(model, None, 1, 8, 8, 2)
+    monitor = NoiseScaleMonitor(model, None, split_batch(8, 1, 4))
     x = torch.randn(8, 3, dtype=torch.float64)
     gradients = []
     for index, (part, use_extra) in enumerate(((x[:4], False), (x[4:], True))):
@@ -198,7 +198,7 @@ def test_every_measures_one_step_in_n():
     generator = torch.Generator().manual_seed(2)
     w_star = torch.randn(DIMENSION, generator=generator, dtype=torch.float64)
     model = regression_model(torch.zeros(DIMENSION, dtype=torch.float64) + 0.2, w_star)
-    monitor = NoiseScaleMonitor(model, None, 1, 32, 32, 2, every=3)
+    monitor = NoiseScaleMonitor(model, None, split_batch(32, 1, 16), every=3)
     measured = []
     for _ in range(7):
         x, y = regression_batch(generator, 32, w_star)
@@ -210,11 +210,11 @@ def test_every_measures_one_step_in_n():
 def test_configuration_errors_name_the_fix():
     model = nn.Linear(2, 1)
     with pytest.raises(ConfigError, match="--micro-batch-size"):
-        NoiseScaleMonitor(model, None, 1, 128, 128, 1)
+        NoiseScaleMonitor(model, None, split_batch(128, 1, 128))
     with pytest.raises(ConfigError, match="fp16"):
-        NoiseScaleMonitor(model, None, 1, 128, 128, 4, precision="fp16")
+        NoiseScaleMonitor(model, None, split_batch(128, 1, 32), precision="fp16")
     with pytest.raises(ConfigError, match="noise_scale_every"):
-        NoiseScaleMonitor(model, None, 1, 128, 128, 4, every=0)
+        NoiseScaleMonitor(model, None, split_batch(128, 1, 32), every=0)
 
 
 # --- one process with 4 accumulation steps against 4 processes (gloo) ------------------------
@@ -243,8 +243,10 @@ def run_steps(rank: int, world_size: int, accumulation: int, batch_norm: bool, s
     ddp_model = model
     if world_size > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model)
-    per_process = global_batch // world_size
-    monitor = NoiseScaleMonitor(model, ddp_model, world_size, per_process, global_batch, accumulation, smoothing=1.0)
+    split = split_batch(global_batch, world_size, -(-global_batch // (world_size * accumulation)))
+    assert split.accumulation_steps == accumulation
+    per_process = split.per_process_batch
+    monitor = NoiseScaleMonitor(model, ddp_model, split, smoothing=1.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     generator = torch.Generator().manual_seed(1)
     samples = []

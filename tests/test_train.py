@@ -8,7 +8,8 @@ import torch
 from largebatch import checkpoint
 from largebatch.config import load_config
 from largebatch.progress import epoch_records, read_metrics
-from largebatch.train import DivergenceError, plan_batches, train
+from largebatch.errors import Interrupted
+from largebatch.train import DivergenceError, train
 
 SUMMARY_KEYS = {"top1", "top5", "best_top1", "train_time_s", "images_per_s", "epochs", "global_batch_size"}
 RECORD_KEYS = {"epoch", "step", "lr", "train_loss", "top1", "top5", "images_per_s", "elapsed_s"}
@@ -73,9 +74,12 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tiny_data, tmp_path,
         return original_step(self, closure)
 
     monkeypatch.setattr(LARS, "step", step_then_signal)
-    result = train(tiny_config(tiny_data, interrupted, augmentation, epochs=3))
-    # The request is seen at the next step's all-reduce (all ranks agree), so step 7 completes.
-    assert result == {"stopped_at_step": 7}
+    with pytest.raises(Interrupted, match="at step 7") as stopped:
+        # all ranks agree on the request at the next log boundary (every 7 steps here): step 7
+        train(tiny_config(tiny_data, interrupted, augmentation, epochs=3, log_every=7))
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert checkpoint.load(checkpoint.list_checkpoints(interrupted / "checkpoints")[-1])["step"] == 7
+    assert not (interrupted / "summary.json").exists()  # nothing says the run finished
     monkeypatch.setattr(LARS, "step", original_step)
     train(tiny_config(tiny_data, interrupted, augmentation, epochs=3), resume="auto")
 
@@ -105,16 +109,6 @@ def test_a_finite_loss_above_the_divergence_threshold_stops_the_run(tiny_data, t
     # 0 switches the threshold off: the same run trains to the end.
     config = tiny_config(tiny_data, tmp_path / "run2", epochs=1, divergence_loss=0.0)
     assert 0.0 <= train(config)["top1"] <= 1.0
-
-
-def test_batch_plan_splits_global_batch():
-    plan = plan_batches(32768, 1, 256)
-    assert (plan.per_process_batch, plan.accumulation_steps) == (32768, 128)
-    plan = plan_batches(4096, 4, 0, "cpu")
-    assert (plan.per_process_batch, plan.micro_batch_size, plan.accumulation_steps) == (1024, 128, 8)
-    from largebatch.errors import ConfigError
-    with pytest.raises(ConfigError, match="divisible"):
-        plan_batches(100, 3)
 
 
 def test_fit_micro_batch_halves_until_it_fits():

@@ -35,7 +35,7 @@ micro-batch split.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -107,13 +107,23 @@ class LevelSettings:
 
 
 def level_settings(level: str, image_size: int, channels: int = 1, in_workers: bool = False,
-                   color_jitter: float = 0.4, lighting: float = 0.1) -> LevelSettings:
+                   color_jitter: float = 0.4, lighting: float = 0.1, label_smoothing: float = -1.0) -> LevelSettings:
     """The on-device part of ``level`` for images of side ``image_size`` with ``channels`` channels.
 
     ``in_workers``: the loader workers already cropped, flipped and coloured each image (image files,
     :func:`largebatch.data.transforms.train_transform`); only the batch-level part of ``strong``
     (erasing, mixup/cutmix, label smoothing) is left for the device. ``color_jitter`` and
-    ``lighting`` apply to 3-channel images at the extended and strong levels (0: off)."""
+    ``lighting`` apply to 3-channel images at the extended and strong levels (0: off).
+    ``label_smoothing`` >= 0 replaces the level's own epsilon (0.1 at strong, else 0; a negative
+    value keeps it): MLPerf's ResNet-50 smooths by 0.1 with crop-and-flip augmentation."""
+    settings = _level_settings(level, image_size, channels, in_workers, color_jitter, lighting)
+    if label_smoothing >= 0:
+        settings = replace(settings, label_smoothing=label_smoothing)
+    return settings
+
+
+def _level_settings(level: str, image_size: int, channels: int, in_workers: bool, color_jitter: float,
+                    lighting: float) -> LevelSettings:
     if level not in LEVELS:
         raise ConfigError(f"data.augmentation: expected one of {', '.join(LEVELS)}, got '{level}'")
     if level == "none":
@@ -359,8 +369,10 @@ class BatchAugmenter:
     on. Pass the targets to :func:`batch_loss` with ``augmenter.label_smoothing``."""
 
     def __init__(self, level: str, num_classes: int, image_size: int, seed: int, global_batch: int, *,
-                 channels: int = 1, in_workers: bool = False, color_jitter: float = 0.4, lighting: float = 0.1):
-        self.settings = level_settings(level, image_size, channels, in_workers, color_jitter, lighting)
+                 channels: int = 1, in_workers: bool = False, color_jitter: float = 0.4, lighting: float = 0.1,
+                 label_smoothing: float = -1.0):
+        self.settings = level_settings(level, image_size, channels, in_workers, color_jitter, lighting,
+                                       label_smoothing)
         self.num_classes = num_classes
         self.seed = seed
         self.global_batch = global_batch

@@ -16,11 +16,16 @@ import warnings
 from typing import Any
 
 from largebatch import config as cfg
-from largebatch.errors import CheckpointWarning, UserError
+from largebatch.errors import CheckpointWarning, Interrupted, UserError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error instead of usage plus message."""
+    """argparse with a one-line error instead of usage plus message, and no abbreviations
+    (``--opt sgd`` is an error, not ``--optimizer sgd``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -86,14 +91,41 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default="", metavar="auto|PATH",
                         help="continue from a checkpoint: 'auto' for the newest valid one in the run "
                              "directory (fresh start if none), or a checkpoint file (default: off)")
+    parser.add_argument("--extend-schedule", action="store_true",
+                        help="let a resume change the schedule (epochs, warmup, decay); prints the LR before and "
+                             "after (default: a changed schedule is refused)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve the recipe and flags, print the derived plan (batch split, LR schedule, "
+                             "parameter groups) and exit without training (default: off)")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: print JSON (default: text)")
+    parser.add_argument("--processes", type=int, default=0, metavar="N",
+                        help="with --dry-run: plan for N processes (default: $WORLD_SIZE, else 1)")
     add_config_flags(parser)
 
 
 def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if args.dry_run:
+        return dry_run(config, args)
+    if args.json or args.processes:
+        raise UserError("--json and --processes go with --dry-run (a real run takes its processes from torchrun)")
     from largebatch.train import train
-    summary = train(config, resume=args.resume)
-    return 0 if summary else 1
+    train(config, resume=args.resume, extend_schedule=args.extend_schedule)
+    return 0
+
+
+def dry_run(config: cfg.Config, args: argparse.Namespace) -> int:
+    from largebatch.train import dry_run as plan_run, format_dry_run
+    processes = args.processes or int(os.environ.get("WORLD_SIZE", "1"))
+    if processes < 1 or processes > 10_000_000:
+        raise UserError(f"--processes: expected an integer in [1, 10000000], got {processes}")
+    device = config.run.device
+    if device == "auto":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    result, plan = plan_run(config, processes, device)
+    print(json.dumps(result, indent=2) if args.json else format_dry_run(result, plan.describe()))
+    return 0
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -110,6 +142,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from largebatch.evaluate import evaluate_run
     result = evaluate_run(args.run_dir, args.checkpoint, args.data_dir, args.device)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+# --- export ----------------------------------------------------------------------------------
+
+def add_export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="where to write the weights (.pt: a torch state_dict; .safetensors: needs the "
+                             "safetensors package); the class map goes beside it as FILE.classes.json")
+    parser.add_argument("--best", action="store_true",
+                        help="the checkpoint with the best test top-1 (default: the newest valid checkpoint)")
+    parser.add_argument("--checkpoint", default="", metavar="FILE", help="a specific checkpoint file")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from largebatch.export import export
+    written = export(args.run_dir, args.out, best=args.best, checkpoint_file=args.checkpoint)
+    print("\n".join(str(path) for path in written))
     return 0
 
 
@@ -225,6 +276,8 @@ COMMANDS = {
     # name: (help, add arguments, run)
     "train": ("train a model (one process, or many under torchrun)", add_train_args, run_train),
     "evaluate": ("evaluate a run's checkpoint on its test set", add_evaluate_args, run_evaluate),
+    "export": ("write a run's model weights as a plain state_dict (torchvision key names) and its class map",
+               add_export_args, run_export),
     "models": ("list the model architectures with parameters and GMACs", add_models_args, run_models),
     "study": ("run a grid of training runs (batch sizes x optimizers ...); resumable", add_study_args, run_study),
     "report": ("Markdown table, results.json and plots for a run or a study", add_report_args, run_report),
@@ -248,10 +301,27 @@ def build_parser() -> Parser:
     return parser
 
 
-# Faults of the machine rather than of our code: a full disk, a read-only or forbidden folder, a
-# file where a folder should be. They get one line naming the file, like a user error.
+# Faults of the machine rather than of our code get one line naming the file, like a user error,
+# with advice by class: a full disk, a permission, anything else about the path.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-ENVIRONMENT_ERRORS = DISK_FULL | {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+PERMISSION = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+# Exit statuses: 0 the work finished; 1 an unexpected error (a bug: it keeps its traceback); 2 a
+# usage, configuration, data or checkpoint error; 3 the run diverged; 128 + N stopped by signal N
+# after saving (130 for Ctrl-C, 143 for SIGTERM), as a shell reports a process killed by it.
+EXIT_USER_ERROR = 2
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an OSError: the path, the system's reason, what to do."""
+    where = f" {error.filename}" if error.filename else ""
+    if error.errno in DISK_FULL:
+        advice = "free some space, then continue the run with --resume auto"
+    elif error.errno in PERMISSION:
+        advice = "check the path's permissions, or choose another path"
+    else:
+        advice = "check the path"
+    return f"cannot read or write{where}: {error.strerror or error}; {advice}"
 
 
 _python_format_warning = warnings.formatwarning
@@ -291,17 +361,14 @@ def _main(argv: list[str]) -> int:
     try:
         return args.run(args)
     except UserError as error:
-        print(f"largebatch: error: {error}", file=sys.stderr)
-        return 2
+        label = "stopped" if isinstance(error, Interrupted) else "error"
+        print(f"largebatch: {label}: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", EXIT_USER_ERROR)
     except OSError as error:
-        if error.errno not in ENVIRONMENT_ERRORS:
+        if isinstance(error, BrokenPipeError) or error.errno is None:
             raise
-        where = f" {error.filename}" if error.filename else ""
-        advice = ("free some space, then continue the run with --resume auto" if error.errno in DISK_FULL
-                  else "check the path and its permissions")
-        print(f"largebatch: error: cannot write or read{where}: {error.strerror or error}; {advice}",
-              file=sys.stderr)
-        return 2
+        print(f"largebatch: error: {os_error_line(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("largebatch: interrupted", file=sys.stderr)
         return 130

@@ -26,12 +26,14 @@ from largebatch.errors import ConfigError
 RECIPE_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "fashion_mnist"
 
-DATASETS = ("fashion-mnist", "mnist", "imagenet", "synthetic")
+DATASETS = ("fashion-mnist", "mnist", "imagenet", "synthetic", "custom")  # custom: largebatch.fit(...)
 OPTIMIZERS = ("lars", "larc", "lamb", "sgd")
 AUGMENTATIONS = ("none", "minimal", "extended", "strong")
 DECAYS = ("poly", "cosine", "step", "constant")
 SCALING_RULES = ("none", "linear", "sqrt")
-EXCLUSION_RULES = ("none", "1d", "bn_bias")
+EXCLUSION_RULES = ("none", "1d", "bn_bias", "bn")
+DECAY_ORIGINS = ("warmup_end", "start")
+ZERO_NORM_RULES = ("rate_one", "gradient_only")
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
@@ -57,19 +59,22 @@ class DataConfig:
     data_dir: str = option(
         "", "folder holding the data set (empty: $LARGEBATCH_DATA/<dataset>, then the system's copy)")
     image_size: int = option(0, "training image side in pixels (0: the data set's own, 224 for ImageNet)",
-                             min=0)
-    num_classes: int = option(0, "classes (0: from the data set)", min=0)
+                             min=0, max=8192)
+    num_classes: int = option(0, "classes (0: from the data set)", min=0, max=10_000_000)
     augmentation: str = option("none", "augmentation level (docs/augmentation.md)", choices=AUGMENTATIONS)
-    workers: int = option(-1, "loader processes per training process (-1: from the CPU count)", min=-1)
+    workers: int = option(-1, "loader processes per training process (-1: from the CPU count)", min=-1, max=1024)
     prefetch: int = option(-1, "optimizer steps copied to the GPU ahead of the one training, on a side CUDA "
-                           "stream (-1: 1 on CUDA; on CPU there is nothing to copy)", min=-1)
+                           "stream (-1: 1 on CUDA; on CPU there is nothing to copy)", min=-1, max=64)
     train_subset: int = option(0, "use only this many training images, a fixed random subset (0: all)",
                                min=0)
-    synthetic_images: int = option(12800, "images per epoch of the synthetic data set", min=1)
+    synthetic_images: int = option(12800, "images per epoch of the synthetic data set", min=1, max=2**31)
     color_jitter: float = option(0.4, "image files, extended/strong augmentation: brightness, contrast and "
                                  "saturation factors drawn from U(1-J, 1+J) (0: off)", min=0.0, max=1.0)
     lighting: float = option(0.1, "image files, extended/strong augmentation: std of AlexNet PCA lighting "
                              "noise (Krizhevsky et al. 2012: 0.1; 0: off)", min=0.0)
+    label_smoothing: float = option(
+        -1.0, "label smoothing epsilon of the training loss, target (1-eps)*y + eps/classes (Szegedy et al. 2016); "
+        "-1: the augmentation level's own (0.1 at strong, else 0)", min=-1.0, max=1.0)
     fast_decode: bool = option(True, "image files: decode JPEGs at 1/2, 1/4 or 1/8 size in the DCT domain when "
                                "the crop still has at least image_size pixels per side")
 
@@ -101,13 +106,17 @@ class OptimizerConfig:
     trust_ratio_max: float = option(0.0, "upper bound on every trust ratio (LARS, LARC, LAMB; 0: none)", min=0.0)
     skip_adaptation: str = option(
         "none", "tensors that get no trust ratio (plain rate): none (paper), 1d (rank <= 1), bn_bias "
-        "(normalization layers and biases)", choices=EXCLUSION_RULES)
+        "(normalization layers and biases), bn (normalization layers)", choices=EXCLUSION_RULES)
     skip_adaptation_lr_scale: float = option(1.0, "LR multiplier for the tensors skip_adaptation selects", min=0.0)
     skip_weight_decay: str = option(
         "none", "tensors that get no weight decay: none (paper), 1d (rank <= 1), bn_bias (normalization "
-        "layers and biases)", choices=EXCLUSION_RULES)
+        "layers and biases), bn (normalization layers: Goyal et al. 2017 sec. 5.1)", choices=EXCLUSION_RULES)
     skip_weight_decay_lr_scale: float = option(1.0, "LR multiplier for the tensors skip_weight_decay selects",
                                                min=0.0)
+    zero_norm: str = option(
+        "rate_one", "LARS/LARC, a tensor whose weight or gradient norm is 0: rate_one (local rate 1, bounded, capped "
+        "by LARC and weight-decayed like any other: the paper's Caffe code, timm) or gradient_only (a plain step on "
+        "the gradient at the global LR, no cap, no weight decay: NVIDIA apex LARC)", choices=ZERO_NORM_RULES)
     lamb_beta2: float = option(0.999, "LAMB second-moment decay beta2 (beta1 is momentum)", min=0.0, max=1.0)
     lamb_eps: float = option(1e-6, "LAMB: added to sqrt(v_hat) (You et al. 2019: 1e-6)", min=0.0,
                              min_exclusive=True)
@@ -115,30 +124,44 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    warmup_epochs: float = option(2.0, "linear warmup length in epochs (Goyal et al. 2017)", min=0.0)
+    warmup_epochs: float = option(2.0, "linear warmup length in epochs (Goyal et al. 2017)", min=0.0, max=1_000_000)
     decay: str = option("poly", "decay after warmup", choices=DECAYS)
     power: float = option(2.0, "polynomial decay power (You et al. 2017: 2)", min=0.0)
     milestones: list = option([], "epochs at which step decay multiplies the LR by step_gamma")
     step_gamma: float = option(0.1, "step decay factor", min=0.0)
     scaling: str = option("none", "LR scaling rule from base_batch_size to the global batch",
                           choices=SCALING_RULES)
-    base_batch_size: int = option(256, "batch size at which optimizer.lr is stated (scaling rules)", min=1)
+    base_batch_size: int = option(256, "batch size at which optimizer.lr is stated (scaling rules)", min=1, max=2**31)
+    warmup_start_lr: float = option(
+        0.0, "LR of the first warmup step, rising by equal steps to the peak at the warmup's end (Goyal et al. "
+        "2017 sec. 2.2: 0.1 -> 3.2); 0: the first step runs at peak/warmup_steps", min=0.0)
+    decay_from: str = option(
+        "warmup_end", "where the decay's progress is counted from: warmup_end, (t-W)/(T-W) (MLPerf), or start, "
+        "t/T, so the LR steps down at the warmup's end (You et al. 2017 Algorithm 1, Caffe's poly)",
+        choices=DECAY_ORIGINS)
 
 
 @dataclass
 class RunConfig:
-    epochs: int = option(5, "training epochs", min=1)
-    batch_size: int = option(4096, "GLOBAL batch size (all processes and accumulation steps together)", min=1)
+    epochs: int = option(5, "training epochs", min=1, max=1_000_000)
+    batch_size: int = option(4096, "GLOBAL batch size (all processes and accumulation steps together); at most the "
+                             "training set's size", min=1, max=2**31)
     micro_batch_size: int = option(
-        0, "images per forward/backward pass per process; accumulation covers the rest (0: automatic)", min=0)
+        0, "images per forward/backward pass per process; accumulation covers the rest (0: automatic)", min=0,
+        max=2**31)
     seed: int = option(0, "random seed (data order, initialisation, augmentation)", min=0, max=2**32 - 1)
     out: str = option("", "run directory (empty: runs/<recipe>-b<batch>-<optimizer>-s<seed>)")
-    eval_every: int = option(1, "evaluate on the test set every N epochs (and always at the end)", min=1)
-    checkpoint_every: int = option(1, "save a checkpoint every N epochs (and at the end)", min=1)
+    eval_every: int = option(1, "evaluate on the test set every N epochs (and always at the end)", min=1,
+                             max=1_000_000)
+    checkpoint_every: int = option(1, "save a checkpoint every N epochs (and at the end); the best by test top-1 is "
+                                   "kept too, as checkpoints/best.pt", min=1, max=1_000_000)
     checkpoint_every_steps: int = option(0, "also save a checkpoint every N optimizer steps (0: off)", min=0)
-    keep_checkpoints: int = option(2, "how many recent checkpoints to keep", min=1)
-    log_every: int = option(50, "write a step record (loss, LR, trust ratios, noise scale) to metrics.jsonl every "
-                                "N steps (0: off)", min=0)
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep (besides the best)", min=1, max=1000)
+    log_every: int = option(20, "log boundary every N steps (and at epoch ends): the one host read that logs the mean "
+                                "loss (a step record in metrics.jsonl, a progress line), checks for divergence and "
+                                "acts on SIGTERM/SIGINT (0: at epoch ends only)", min=0)
+    tensorboard: bool = option(False, "also write TensorBoard scalars to <run>/tensorboard (needs the tensorboard "
+                               "package); metrics.jsonl stays the record")
     device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
     backend: str = option("auto", "torch.distributed backend (auto: nccl on CUDA, gloo on CPU)",
                           choices=("auto", "gloo", "nccl"))
@@ -150,13 +173,13 @@ class RunConfig:
                                   "CUDA only). Default: per micro-batch, as in the paper")
     channels_last: bool = option(True, "channels_last memory format for model and input (faster for "
                                  "convolutions on CPU and GPU)")
-    threads: int = option(0, "CPU threads per process (0: $OMP_NUM_THREADS, else the cores divided among local processes)", min=0)
+    threads: int = option(0, "CPU threads per process (0: $OMP_NUM_THREADS, else the cores divided among local processes)", min=0, max=4096)
     target_top1: float = option(0.0, "record when test top-1 first reaches this (0: off)", min=0.0, max=1.0)
     stop_at_target: bool = option(False, "stop the run once target_top1 is reached")
     noise_scale: bool = option(False, "measure the gradient noise scale B_simple (McCandlish et al. 2018) from the "
                                "micro-batch (one process) or per-process gradients; logged per epoch as "
                                "grad_noise_scale (docs/critical-batch.md)")
-    noise_scale_every: int = option(1, "measure the noise scale every N optimizer steps", min=1)
+    noise_scale_every: int = option(1, "measure the noise scale every N optimizer steps", min=1, max=1_000_000)
     divergence_loss: float = option(1000.0, "stop the run as diverged when a step's mean training loss exceeds "
                                     "this, finite or not (a uniform guess costs ln(classes): 2.3 for 10 classes, "
                                     "6.9 for 1000); 0: stop only on NaN or infinity", min=0.0)
@@ -358,6 +381,10 @@ def check_consistency(config: Config) -> None:
     if run.micro_batch_size > run.batch_size:
         raise ConfigError(f"run.micro_batch_size ({run.micro_batch_size}) is larger than run.batch_size "
                           f"({run.batch_size}); lower it or set 0 for automatic")
+    smoothing = config.data.label_smoothing
+    if smoothing != -1.0 and not 0.0 <= smoothing < 1.0:
+        raise ConfigError(f"data.label_smoothing: expected -1 (the augmentation level's own) or a number in [0, 1), "
+                          f"got {smoothing!r}")
     if config.data.dataset in ("fashion-mnist", "mnist") and config.data.image_size not in (0, 28):
         raise ConfigError(f"data.image_size: {config.data.dataset} images are 28x28; use 0 or 28")
 

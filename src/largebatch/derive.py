@@ -23,6 +23,33 @@ DEFAULT_MICRO_BATCH = {"cpu": 128, "cuda": 256}
 
 
 @dataclass(frozen=True)
+class BatchSplit:
+    """``global_batch_size = processes * per_process_batch``; each process covers its share in
+    ``accumulation_steps`` micro-batches of at most ``micro_batch_size`` images."""
+
+    global_batch_size: int
+    processes: int
+    per_process_batch: int
+    micro_batch_size: int
+    accumulation_steps: int
+
+
+def split_batch(global_batch: int, processes: int, micro_batch_size: int = 0, device_type: str = "cpu") -> BatchSplit:
+    """How a global batch is split over ``processes`` and micro-batches (``micro_batch_size`` 0:
+    the device's default, :data:`DEFAULT_MICRO_BATCH`)."""
+    if processes < 1:
+        raise ConfigError(f"the number of processes must be at least 1, got {processes}")
+    if global_batch < 1:
+        raise ConfigError(f"run.batch_size must be at least 1, got {global_batch}")
+    if global_batch % processes:
+        raise ConfigError(f"run.batch_size ({global_batch}) must be divisible by the number of "
+                          f"processes ({processes})")
+    per_process = global_batch // processes
+    micro = min(micro_batch_size or DEFAULT_MICRO_BATCH.get(device_type, 128), per_process)
+    return BatchSplit(global_batch, processes, per_process, micro, math.ceil(per_process / micro))
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """How a run splits its global batch and schedules its learning rate.
 
@@ -97,21 +124,19 @@ def derive(config, world_size: int, train_images: int, test_images: int, device_
     """
     run = config.run
     global_batch = run.batch_size
-    if world_size < 1:
-        raise ConfigError(f"the number of processes must be at least 1, got {world_size}")
     if train_images < 1:
         raise ConfigError("the training set has no images")
-    if global_batch % world_size:
-        raise ConfigError(f"run.batch_size ({global_batch}) must be divisible by the number of "
-                          f"processes ({world_size})")
-    per_process = global_batch // world_size
-    micro = micro_batch_size or run.micro_batch_size or DEFAULT_MICRO_BATCH.get(device_type, 128)
-    micro = min(micro, per_process)
-    accumulation = math.ceil(per_process / micro)
+    if global_batch > train_images:
+        raise ConfigError(f"run.batch_size ({global_batch:,}) is larger than the training set ({train_images:,} "
+                          "images): one step would see images twice; use at most the training set's size")
+    split = split_batch(global_batch, world_size, micro_batch_size or run.micro_batch_size, device_type)
     peak_lr = scaled_lr(config.optimizer.lr, global_batch, config.schedule.base_batch_size, config.schedule.scaling)
+    if not (math.isfinite(peak_lr) and peak_lr > 0):
+        raise ConfigError(f"optimizer.lr: the peak LR ({peak_lr:g}, after the {config.schedule.scaling} scaling rule) "
+                          "must be a positive finite number")
     schedule = build_schedule(config.schedule, peak_lr, run.epochs, train_images, global_batch)
-    return RunPlan(global_batch_size=global_batch, processes=world_size, per_process_batch=per_process,
-                   micro_batch_size=micro, accumulation_steps=accumulation, peak_lr=peak_lr,
+    return RunPlan(global_batch_size=global_batch, processes=world_size, per_process_batch=split.per_process_batch,
+                   micro_batch_size=split.micro_batch_size, accumulation_steps=split.accumulation_steps, peak_lr=peak_lr,
                    total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps,
                    steps_per_epoch=train_images / global_batch, train_images=train_images,
                    test_images=test_images, epochs=run.epochs, schedule=schedule)
@@ -119,5 +144,5 @@ def derive(config, world_size: int, train_images: int, test_images: int, device_
 
 def with_micro_batch(plan: RunPlan, micro_batch_size: int) -> RunPlan:
     """``plan`` with another micro-batch size (e.g. the largest that fits in device memory)."""
-    micro = min(micro_batch_size, plan.per_process_batch)
-    return replace(plan, micro_batch_size=micro, accumulation_steps=math.ceil(plan.per_process_batch / micro))
+    split = split_batch(plan.global_batch_size, plan.processes, micro_batch_size)
+    return replace(plan, micro_batch_size=split.micro_batch_size, accumulation_steps=split.accumulation_steps)

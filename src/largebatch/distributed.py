@@ -99,13 +99,14 @@ def barrier(context: DistributedContext) -> None:
         dist.barrier()
 
 
-def broadcast_object(value, context: DistributedContext):
-    """Rank 0's value of a small picklable object, on every rank."""
-    if not context.enabled:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
+def is_peer_failure(error: BaseException) -> bool:
+    """True for the errors a collective raises when another process of the job died or hung
+    (gloo: connection closed or reset; NCCL: a DistBackendError; either: a timeout)."""
+    if isinstance(error, getattr(dist, "DistBackendError", ())) or isinstance(error, getattr(dist, "DistNetworkError", ())):
+        return True
+    text = str(error)
+    return any(sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                         "Timed out", "timed out", "ProcessGroupGloo", "NCCL communicator"))
 
 
 def use_sync_batchnorm(model: nn.Module, context: DistributedContext) -> nn.Module:

@@ -7,6 +7,8 @@ image once whatever the number of processes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,16 +16,23 @@ from torch import nn
 from largebatch import distributed
 from largebatch.data import Normalizer, load_batches
 from largebatch.data.sampler import shard_indices
+from largebatch.errors import DataError
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, context: distributed.DistributedContext, normalizer: Normalizer,
-             batch_size: int = 256, workers: int = 0) -> dict[str, float]:
-    """Top-1, top-5 (fractions in [0, 1]) and mean cross-entropy of ``model`` on ``dataset``."""
+             batch_size: int = 256, workers: int = 0,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """Top-1, top-5 (fractions in [0, 1]) and mean cross-entropy of ``model`` on ``dataset``, and
+    ``test_images``, the number of images evaluated (all ranks together). The sums stay on the
+    device until one read at the end. ``progress(images_done, images_total)`` is called after each
+    batch with this rank's counts (host numbers). A test set of which no image could be
+    evaluated is a DataError, not a top-1 of 0."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=context.device)  # top1, top5, loss, count
     indices = shard_indices(len(dataset), context.rank, context.world_size)
+    done = 0
     for images, labels in load_batches(dataset, indices.split(batch_size), workers):
         labels = labels.to(context.device, non_blocking=True)
         logits = model(normalizer(images)).float()
@@ -34,11 +43,15 @@ def evaluate(model: nn.Module, dataset, context: distributed.DistributedContext,
         totals[1] += hits.any(dim=1).sum()
         totals[2] += F.cross_entropy(logits, labels, reduction="sum")
         totals[3] += len(labels)
+        done += len(labels)
+        if progress is not None:
+            progress(done, len(indices))
     distributed.all_reduce_sum(totals, context)
     model.train(was_training)
-    count = max(1.0, totals[3].item())
-    return {"top1": totals[0].item() / count, "top5": totals[1].item() / count,
-            "test_loss": totals[2].item() / count, "test_images": int(totals[3].item())}
+    top1, top5, loss, count = totals.tolist()
+    if count == 0:
+        raise DataError(f"no test image could be evaluated ({len(dataset)} listed); check the test set's files")
+    return {"top1": top1 / count, "top5": top5 / count, "test_loss": loss / count, "test_images": int(count)}
 
 
 def evaluate_run(run_dir: str, checkpoint_file: str = "", data_dir: str = "", device: str = "auto") -> dict:
@@ -49,7 +62,6 @@ def evaluate_run(run_dir: str, checkpoint_file: str = "", data_dir: str = "", de
     from largebatch.config import load_config
     from largebatch.data import build_datasets
     from largebatch.errors import CheckpointError, ConfigError
-    from largebatch.train import load_model_state
 
     run_path = Path(run_dir)
     if not (run_path / "config.toml").is_file():
@@ -67,7 +79,7 @@ def evaluate_run(run_dir: str, checkpoint_file: str = "", data_dir: str = "", de
         path, state = found
     _, test_set, info = build_datasets(config.data, seed=config.run.seed)
     model = models.build(config.model.name, num_classes=info.num_classes, in_channels=info.channels)
-    load_model_state(model, state["model"], str(path))
+    checkpoint.load_model_state(model, state["model"], str(path))
     model.to(context.device)
     result = evaluate(model, test_set, context, Normalizer(info.mean, info.std, context.device))
     return {"checkpoint": str(path), "step": state["step"], **result}

@@ -201,16 +201,15 @@ class NoiseScaleMonitor:
     ``every``: measure one step in ``every`` (the others cost one attribute check per call).
     """
 
-    def __init__(self, model: nn.Module, ddp_model: nn.Module | None, world_size: int, per_process_batch: int,
-                 global_batch: int, accumulation_steps: int, smoothing: float = 0.99, every: int = 1,
+    def __init__(self, model: nn.Module, ddp_model: nn.Module | None, plan, smoothing: float = 0.99, every: int = 1,
                  precision: str = "fp32"):
+        world_size, per_process_batch = plan.processes, plan.per_process_batch
+        global_batch, accumulation_steps = plan.global_batch_size, plan.accumulation_steps
         if precision == "fp16":
             raise ConfigError("run.noise_scale: not supported with fp16 loss scaling (the gradients carry a "
                               "changing scale); use --precision bf16 or fp32")
         if every < 1:
             raise ConfigError(f"run.noise_scale_every: expected an integer >= 1, got {every}")
-        if per_process_batch * world_size != global_batch:
-            raise ValueError(f"global batch {global_batch} != {world_size} x {per_process_batch}")
         self.world_size = world_size
         self.per_process_batch = per_process_batch
         self.global_batch = global_batch

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from largebatch.errors import ConfigError
+
 
 def scaled_lr(base_lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
     """The LR scaling rule: ``linear`` lr = base_lr * B / B0 (Goyal et al. 2017),
@@ -26,15 +28,34 @@ def scaled_lr(base_lr: float, batch_size: int, base_batch_size: int, rule: str) 
 
 @dataclass(frozen=True)
 class Schedule:
-    """Warmup then decay, all in optimizer steps.
+    """Warmup then decay, all in optimizer steps; W = warmup_steps, T = total_steps, p = power.
 
-    warmup:  lr(t) = peak_lr * (t + 1) / warmup_steps            for t < warmup_steps
-             (linear gradual warmup, Goyal et al. 2017; the first step already moves the weights)
-    poly:    lr(t) = peak_lr * (1 - (t - W) / (T - W)) ** power   (You et al. 2017, power 2)
-    cosine:  lr(t) = peak_lr * (1 + cos(pi * (t - W) / (T - W))) / 2
-    step:    lr(t) = peak_lr * gamma ** (number of milestones <= t)
+    Warmup (t < W), a linear ramp that rises by the same amount every step:
+
+    - ``warmup_start_lr = 0`` (default): lr(t) = peak_lr * (t + 1) / W. The ramp from 0 with its
+      first step skipped (a step at LR 0 would not move the weights): the first step runs at
+      peak_lr / W and the last warmup step at the peak.
+    - ``warmup_start_lr = s > 0``: lr(t) = s + (peak_lr - s) * t / W. The first step runs at
+      exactly s and the LR reaches the peak at step W. Goyal et al. 2017, sec. 2.2: "we start
+      from a learning rate of eta and increment it by a constant amount at each iteration such
+      that it reaches eta-hat = k*eta after 5 epochs" (sec. 5.2: from 0.1 to 3.2 at batch 8K).
+
+    Decay (t >= W), with progress x measured from ``decay_from``:
+
+    - ``decay_from = "warmup_end"`` (default): x = (t - W) / (T - W). The decay starts at the
+      peak where the warmup ends (MLPerf's ResNet-50 references: mlcommons/training
+      image_classification/tensorflow2/lars_util.py, NVIDIA's MXNet ``PolySchedule``).
+    - ``decay_from = "start"``: x = t / T, the decay computed on the global step as if it had run
+      from step 0 (You, Gitman, Ginsburg 2017, Algorithm 1: gamma_t = gamma_0 * (1 - t/T)^2;
+      Caffe's "poly" policy, base_lr * (1 - iter/max_iter)^power, which the paper's Caffe runs
+      combine with a linear warmup). The LR steps down at the warmup's end, from the peak to
+      peak_lr * (1 - W/T)^p.
+
+    poly:     lr(t) = peak_lr * (1 - x) ** power
+    cosine:   lr(t) = peak_lr * (1 + cos(pi * x)) / 2
+    step:     lr(t) = peak_lr * gamma ** (number of milestones <= t)   (``decay_from`` unused)
     constant: lr(t) = peak_lr
-    where W = warmup_steps and T = total_steps; decay reaches 0 at t = T.
+    Decay reaches 0 at t = T (x is capped at 1).
     """
 
     peak_lr: float
@@ -44,17 +65,26 @@ class Schedule:
     power: float = 2.0
     milestone_steps: tuple[int, ...] = ()
     step_gamma: float = 0.1
+    warmup_start_lr: float = 0.0
+    decay_from: str = "warmup_end"
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
+            if self.warmup_start_lr > 0:
+                start = self.warmup_start_lr
+                return start + (self.peak_lr - start) * step / self.warmup_steps
             return self.peak_lr * (step + 1) / self.warmup_steps
         if self.decay == "constant":
             return self.peak_lr
         if self.decay == "step":
             passed = sum(1 for m in self.milestone_steps if step >= m)
             return self.peak_lr * self.step_gamma ** passed
-        decay_steps = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        if self.decay_from == "start":
+            progress = min(1.0, step / max(1, self.total_steps))
+        elif self.decay_from == "warmup_end":
+            progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        else:
+            raise ValueError(f"unknown decay origin {self.decay_from!r}")
         if self.decay == "poly":
             return self.peak_lr * (1.0 - progress) ** self.power
         if self.decay == "cosine":
@@ -71,12 +101,17 @@ def build_schedule(schedule_config, peak_lr: float, epochs: int, images_per_epoc
                    global_batch: int) -> Schedule:
     """Convert epoch-based settings (warmup_epochs, milestones) into a step schedule. A warmup
     longer than the run is cut to the run (``largebatch train --epochs 1`` on a recipe with a
-    2-epoch warmup warms up for the whole epoch)."""
+    2-epoch warmup warms up for the whole epoch). A warmup start above the peak is refused."""
     total = steps_for(epochs, images_per_epoch, global_batch)
     warmup = 0
     if schedule_config.warmup_epochs > 0:
         warmup = min(total, steps_for(schedule_config.warmup_epochs, images_per_epoch, global_batch))
     milestones = tuple(steps_for(m, images_per_epoch, global_batch) for m in schedule_config.milestones)
+    warmup_start_lr = schedule_config.warmup_start_lr
+    if warmup > 0 and warmup_start_lr > peak_lr:
+        raise ConfigError(f"schedule.warmup_start_lr ({warmup_start_lr:g}) is above the peak LR ({peak_lr:g}) that "
+                          "the warmup should reach; lower it, or raise optimizer.lr")
     return Schedule(peak_lr=peak_lr, total_steps=total, warmup_steps=warmup, decay=schedule_config.decay,
                     power=schedule_config.power, milestone_steps=milestones,
-                    step_gamma=schedule_config.step_gamma)
+                    step_gamma=schedule_config.step_gamma, warmup_start_lr=warmup_start_lr,
+                    decay_from=schedule_config.decay_from)

@@ -51,6 +51,7 @@ def test_center_crop_box_by_hand():
     expected = (58 * 500 / 341, 16 * 375 / 256, 282 * 500 / 341, 240 * 375 / 256)
     assert box == pytest.approx(expected)
     assert T.eval_resize(224) == 256 and T.eval_resize(128) == 146
+    assert T.eval_resize(227) == 256  # Caffe's AlexNet: 227 x 227 crops of 256 x 256 images
 
 
 def test_center_crop_equals_resize_then_crop(helpers):
@@ -69,6 +70,42 @@ def test_paper_minimal_crop_is_a_224_window_of_the_256_square():
         assert l256 == pytest.approx(round(l256)) and t256 == pytest.approx(round(t256))
         assert (right - left) * 256 / 512 == pytest.approx(224) and (bottom - top) * 256 / 384 == pytest.approx(224)
         assert 0 <= l256 <= 32 and 0 <= t256 <= 32
+
+
+class MiddleCrop(random.Random):
+    """An rng whose integer draws are the middle of their range: the random 224 crop of the
+    256 square lands at offset 16, where the evaluation's centre crop is."""
+
+    def randint(self, a: int, b: int) -> int:
+        return (a + b) // 2
+
+
+def box_scale(box, size):
+    """Stored pixels per output pixel, horizontally and vertically, of a box resized to size^2."""
+    return (box[2] - box[0]) / size, (box[3] - box[1]) / size
+
+
+def test_a_4_by_3_image_is_resized_the_same_way_in_training_and_evaluation_at_minimal(helpers):
+    width, height, size = 640, 480, 224
+    train, evaluation = T.train_transform("minimal", size), T.eval_transform(size, level="minimal")
+    rng = random.Random(0)
+    for _ in range(20):  # every training crop: the squash, 2.5 x 1.875 stored pixels per output pixel
+        assert box_scale(train.sample(width, height, rng).box, size) == pytest.approx((640 / 256, 480 / 256))
+    eval_box = evaluation.sample(width, height, None).box
+    assert box_scale(eval_box, size) == pytest.approx((640 / 256, 480 / 256))  # the same squash
+    assert eval_box == pytest.approx((16 * 640 / 256, 16 * 480 / 256, 240 * 640 / 256, 240 * 480 / 256))
+    # pixels: training's crop at the middle offset is the evaluation image, bit for bit
+    image = helpers.natural_image(width, height, seed=5)
+    middle = train.sample(width, height, MiddleCrop(0))
+    assert middle.box == eval_box
+    unflipped = T.Params(middle.box)
+    assert np.array_equal(train.render(image, unflipped), evaluation(image))
+    # the aspect-preserving evaluation would show the same content 1.33x narrower than training
+    kept = T.eval_transform(size, level="extended").sample(width, height, None).box
+    assert box_scale(kept, size) == pytest.approx((640 / 341, 480 / 256))  # 640 x 480 -> 341 x 256
+    for level in ("none", "extended", "strong"):
+        assert T.eval_transform(size, level=level).crop == "center"
+    assert not evaluation.random
 
 
 # -- fast decode -------------------------------------------------------------------------------

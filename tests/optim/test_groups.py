@@ -66,6 +66,17 @@ def test_module_rule_selects_normalization_layers_and_biases_only():
     assert excluded["weight_decay"] == 0.0 and excluded["lr_scale"] == 0.1
 
 
+def test_normalization_rule_leaves_other_biases_in():
+    # Goyal et al. 2017, sec. 5.1: no weight decay on BN's gamma and beta; other biases are decayed
+    model = toy_model()
+    groups = grouped(parameter_groups(model, 1e-4, skip_adaptation="bn_bias", skip_weight_decay="bn"))
+    assert groups["adapted, decayed"]["params"] == [model[0].weight, model[5].scale, model[5].linear.weight]
+    assert groups["not adapted, decayed"]["params"] == [model[4].bias, model[5].linear.bias]
+    assert groups["not adapted, decayed"]["weight_decay"] == 1e-4
+    assert groups["not adapted, not decayed"]["params"] == [model[1].weight, model[1].bias, model[3].weight,
+                                                            model[3].bias]
+
+
 def test_separate_rules_for_adaptation_and_weight_decay():
     model = toy_model()
     groups = grouped(parameter_groups(model, 1e-4, skip_adaptation="bn_bias", skip_weight_decay="1d",

@@ -104,12 +104,25 @@ def test_two_steps_by_hand_with_changing_lr(foreach, lr_in_velocity, expected):
     # both zero: nothing moves, nothing is NaN
     ([0.0, 0.0], [0.0, 0.0], {}, [0.0, 0.0]),
     ([0.0, 0.0], [0.0, 0.0], {"trust_denominator": "norm_of_sum", "clip": True}, [0.0, 0.0]),
+    # LARC caps the zero-norm 1 at lr 3 to 1/3 (timm); apex's form steps on lr * g uncapped
+    ([0.0, 0.0], [0.5, -1.0], {"clip": True}, [-0.5, 1.0]),
+    ([0.0, 0.0], [0.5, -1.0], {"clip": True, "zero_norm": "gradient_only"}, [-1.5, 3.0]),
+    # bounds apply to the zero-norm 1 only in the default form
+    ([0.0, 0.0], [0.5, -1.0], {"trust_ratio_max": 0.5}, [-0.75, 1.5]),
+    ([0.0, 0.0], [0.5, -1.0], {"trust_ratio_max": 0.5, "zero_norm": "gradient_only"}, [-1.5, 3.0]),
+    # apex: a zero gradient means no step at all, weight decay included
+    ([3.0, 4.0], [0.0, 0.0], {"zero_norm": "gradient_only"}, [3.0, 4.0]),
+    ([3.0, 4.0], [0.0, 0.0], {"zero_norm": "gradient_only", "momentum": 0.0}, [3.0, 4.0]),
+    ([3.0, 4.0], [0.0, 0.0], {"zero_norm": "gradient_only", "nesterov": True}, [3.0, 4.0]),
+    # ||g + beta w|| = 0.5 is not zero: the tensor is adapted and decayed as usual
+    ([3.0, 4.0], [0.0, 0.0], {"trust_denominator": "norm_of_sum", "zero_norm": "gradient_only"},
+     [3 - 0.09, 4 - 0.12]),
 ])
 def test_zero_norms(foreach, w, g, switches, expected):
     p, optimizer = one_tensor(w, g, foreach=foreach, **{**BASE, **switches})
     optimizer.step()
     close(p, expected)
-    assert torch.isfinite(optimizer.state[p]["momentum_buffer"]).all()
+    assert all(torch.isfinite(value).all() for value in optimizer.state[p].values())
 
 
 @FOREACH
@@ -128,14 +141,15 @@ def test_parameters_without_gradient_are_skipped(foreach):
 # Every combination of the switches, on several tensors with random gradients: the multi-tensor
 # step and the reference loop agree to the last bit, step after step, with a changing LR.
 SWITCHES = [combination for combination in itertools.product(
-    ["sum_of_norms", "norm_of_sum"], [True, False], [False, True], [False, True], [0.0, 0.9])
+    ["sum_of_norms", "norm_of_sum"], [True, False], [False, True], [False, True], [0.0, 0.9],
+    ["rate_one", "gradient_only"])
     if not (combination[2] and combination[4] == 0)]  # Nesterov needs momentum
 
 
 @pytest.mark.parametrize("chunk_elements", [1 << 20, 40], ids=["one_chunk", "chunks"])
-@pytest.mark.parametrize("denominator, lr_in_velocity, nesterov, clip, momentum", SWITCHES)
+@pytest.mark.parametrize("denominator, lr_in_velocity, nesterov, clip, momentum, zero_norm", SWITCHES)
 def test_multi_tensor_equals_reference(monkeypatch, chunk_elements, denominator, lr_in_velocity, nesterov, clip,
-                                       momentum):
+                                       momentum, zero_norm):
     monkeypatch.setattr(multi_tensor, "CPU_CHUNK_ELEMENTS", chunk_elements)
     generator = torch.Generator().manual_seed(0)
     shapes = [(8, 4, 3, 3), (8,), (8,), (5, 8), (5,), (3,)]
@@ -148,12 +162,14 @@ def test_multi_tensor_equals_reference(monkeypatch, chunk_elements, denominator,
         optimizer = LARS(groups, lr=1.0, momentum=momentum, weight_decay=1e-3, trust_coefficient=0.02,
                          eps=1e-9, nesterov=nesterov, clip=clip, trust_denominator=denominator,
                          lr_in_velocity=lr_in_velocity, trust_ratio_min=1e-4, trust_ratio_max=10.0,
-                         foreach=foreach)
+                         zero_norm=zero_norm, foreach=foreach)
         gradients = torch.Generator().manual_seed(1)
         for step in range(12):
             optimizer.param_groups[0]["lr"] = optimizer.param_groups[1]["lr"] = 0.5 + 0.1 * step
             for index, p in enumerate(params):
                 p.grad = None if (index == 3 and step % 3 == 0) else torch.randn(p.shape, generator=gradients)
+            if step % 4 == 1:
+                params[1].grad.zero_()  # a tensor with a zero gradient
             optimizer.step()
         runs.append((params, optimizer))
     (multi, multi_optimizer), (reference, reference_optimizer) = runs
@@ -362,6 +378,7 @@ def test_trust_ratio_summary():
     ({"nesterov": True, "momentum": 0.0}, "Nesterov"),
     ({"lr": -1.0}, "lr"),
     ({"momentum": 1.5}, "momentum"),
+    ({"zero_norm": "skip"}, "zero_norm"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
@@ -404,3 +421,125 @@ def test_deepcopy_keeps_the_implementation_and_state(foreach):
     optimizer.step()
     copied.step()
     assert torch.equal(p, copied_p)
+
+
+# Independent references for the two LARC forms, in float64, each written from its source:
+# apex/parallel/LARC.py (NVIDIA/apex at e13873d, the last commit that has it) wraps torch's SGD;
+# timm/optim/lars.py (huggingface/pytorch-image-models at 9d8ccd2).
+
+def apex_larc_step(params, inner_sgd, trust_coefficient, clip, eps):
+    """apex LARC.step(): per tensor, only where both norms are non-zero, fold weight decay into the
+    gradient and scale it by the (clipped) adaptive rate; then the wrapped SGD steps without weight
+    decay. A tensor with a zero norm gets the wrapped SGD's step on its raw gradient."""
+    group = inner_sgd.param_groups[0]
+    weight_decay, lr = group["weight_decay"], group["lr"]
+    group["weight_decay"] = 0.0
+    with torch.no_grad():
+        for p in params:
+            weight_norm, gradient_norm = p.norm(), p.grad.norm()
+            if weight_norm != 0 and gradient_norm != 0:
+                rate = trust_coefficient * weight_norm / (gradient_norm + weight_norm * weight_decay + eps)
+                if clip:
+                    rate = min(rate / lr, 1)
+                p.grad += weight_decay * p
+                p.grad *= rate
+    inner_sgd.step()
+    group["weight_decay"] = weight_decay
+
+
+def timm_lars_step(params, state, lr, momentum, weight_decay, trust_coefficient, eps, clip, nesterov):
+    """timm Lars.step() with always_adapt: the ratio is 1 where a norm is 0 and is then clipped
+    like any other; weight decay is always added; torch-style momentum, dampening 0."""
+    with torch.no_grad():
+        for p in params:
+            weight_norm, gradient_norm = p.norm(), p.grad.norm()
+            ratio = trust_coefficient * weight_norm / (gradient_norm + weight_norm * weight_decay + eps)
+            ratio = ratio if (weight_norm > 0 and gradient_norm > 0) else torch.tensor(1.0, dtype=p.dtype)
+            if clip:
+                ratio = torch.clamp(ratio / lr, max=1.0)
+            update = (p.grad + weight_decay * p) * ratio
+            if p not in state:
+                state[p] = update.clone()
+            else:
+                state[p].mul_(momentum).add_(update)
+            update = update + momentum * state[p] if nesterov else state[p]
+            p -= lr * update
+
+
+def larc_problem():
+    """Three float64 tensors, one zero-initialised; gradients drawn per step, one of them zero
+    every third step; the LR changes every step (warmup-like, then decay-like)."""
+    generator = torch.Generator().manual_seed(3)
+    initial = [torch.randn(6, 4, generator=generator, dtype=torch.float64),
+               torch.zeros(4, dtype=torch.float64),
+               torch.randn(5, generator=generator, dtype=torch.float64)]
+    gradients = []
+    for step in range(15):
+        step_gradients = [torch.randn(w.shape, generator=generator, dtype=torch.float64) for w in initial]
+        if step % 3 == 2:
+            step_gradients[2].zero_()
+        gradients.append(step_gradients)
+    rates = [1.5 + 0.5 * step if step < 5 else 3.0 / (step - 3) for step in range(15)]  # above and below 1
+    return initial, gradients, rates
+
+
+@FOREACH
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_gradient_only_form_equals_apex_larc(foreach, clip, nesterov):
+    initial, gradients, rates = larc_problem()
+    ours = [torch.nn.Parameter(w.clone()) for w in initial]
+    theirs = [torch.nn.Parameter(w.clone()) for w in initial]
+    lars = LARS(ours, lr=rates[0], momentum=0.9, weight_decay=1e-2, trust_coefficient=0.02, eps=1e-8, clip=clip,
+                nesterov=nesterov, lr_in_velocity=False, zero_norm="gradient_only", foreach=foreach)
+    sgd = torch.optim.SGD(theirs, lr=rates[0], momentum=0.9, weight_decay=1e-2, nesterov=nesterov)
+    for lr, step_gradients in zip(rates, gradients):
+        lars.param_groups[0]["lr"] = sgd.param_groups[0]["lr"] = lr
+        for a, b, g in zip(ours, theirs, step_gradients):
+            a.grad, b.grad = g.clone(), g.clone()
+        lars.step()
+        apex_larc_step(theirs, sgd, trust_coefficient=0.02, clip=clip, eps=1e-8)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(ours[1], initial[1]) and not torch.equal(ours[2], initial[2])
+
+
+@FOREACH
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_rate_one_form_equals_timm_lars(foreach, clip, nesterov):
+    initial, gradients, rates = larc_problem()
+    ours = [torch.nn.Parameter(w.clone()) for w in initial]
+    theirs = [w.clone() for w in initial]
+    lars = LARS(ours, lr=rates[0], momentum=0.9, weight_decay=1e-2, trust_coefficient=0.02, eps=1e-8, clip=clip,
+                nesterov=nesterov, lr_in_velocity=False, foreach=foreach)
+    state = {}
+    for lr, step_gradients in zip(rates, gradients):
+        lars.param_groups[0]["lr"] = lr
+        for a, b, g in zip(ours, theirs, step_gradients):
+            a.grad, b.grad = g.clone(), g.clone()
+        lars.step()
+        timm_lars_step(theirs, state, lr, 0.9, 1e-2, 0.02, 1e-8, clip, nesterov)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_two_zero_norm_forms_differ_where_the_papers_say():
+    """Same problem, the only difference the zero-norm form: the zero-initialised tensor (capped
+    by LARC in one, not the other) and the tensor with zero gradients (decayed in one) differ;
+    the ordinary tensor agrees until the others feed back through the loss (here: never)."""
+    initial, gradients, rates = larc_problem()
+    results = {}
+    for form in ("rate_one", "gradient_only"):
+        params = [torch.nn.Parameter(w.clone()) for w in initial]
+        lars = LARS(params, lr=rates[0], momentum=0.9, weight_decay=1e-2, trust_coefficient=0.02, clip=True,
+                    zero_norm=form)
+        for lr, step_gradients in zip(rates, gradients):
+            lars.param_groups[0]["lr"] = lr
+            for p, g in zip(params, step_gradients):
+                p.grad = g.clone()
+            lars.step()
+        results[form] = params
+    torch.testing.assert_close(results["rate_one"][0], results["gradient_only"][0], rtol=0, atol=0)
+    assert not torch.allclose(results["rate_one"][1], results["gradient_only"][1])
+    assert not torch.allclose(results["rate_one"][2], results["gradient_only"][2])

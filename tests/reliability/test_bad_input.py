@@ -11,12 +11,12 @@ import torch
 
 # (flags added to a valid tiny training command, text the one error line must contain)
 BAD_TRAIN_FLAGS = [
-    (["--batch-size", "-5"], "--batch-size: expected an integer >= 1, got -5"),
-    (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+    (["--batch-size", "-5"], "--batch-size: expected an integer in [1, 2147483648], got -5"),
+    (["--batch-size", "0"], "--batch-size: expected an integer in [1, 2147483648], got 0"),
     (["--batch-size", "1.5"], "argument --batch-size: invalid int value: '1.5'"),
     (["--batch-size", "true"], "argument --batch-size: invalid int value: 'true'"),
     (["--batch-size"], "argument --batch-size: expected one argument"),
-    (["--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
+    (["--epochs", "0"], "--epochs: expected an integer in [1, 1000000], got 0"),
     (["--lr", "0"], "--lr: expected a number > 0.0, got 0.0"),
     (["--lr", "-1"], "--lr: expected a number > 0.0, got -1.0"),
     (["--lr", "nan"], "--lr: expected a number > 0.0, got nan"),
@@ -24,7 +24,7 @@ BAD_TRAIN_FLAGS = [
     (["--lr", "ten"], "argument --lr: invalid float value: 'ten'"),
     (["--momentum", "1.5"], "--momentum: expected a number in [0.0, 1.0], got 1.5"),
     (["--weight-decay", "-0.1"], "--weight-decay: expected a number >= 0.0"),
-    (["--warmup-epochs", "-1"], "--warmup-epochs: expected a number >= 0.0"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs: expected a number in [0.0, 1000000]"),
     (["--trust-coefficient", "0"], "--trust-coefficient: expected a number > 0.0"),
     (["--milestones", "30,x"], "argument --milestones: expected comma-separated numbers, got '30,x'"),
     (["--milestones", "30,nan"], "--milestones: expected a list of numbers"),
@@ -42,14 +42,14 @@ BAD_TRAIN_FLAGS = [
     (["--image-size", "32"], "data.image_size: fashion-mnist images are 28x28"),
     (["--seed", "-1"], "--seed: expected an integer in [0, 4294967295], got -1"),
     (["--seed", "99999999999"], "--seed: expected an integer in [0, 4294967295]"),
-    (["--threads", "-1"], "--threads: expected an integer >= 0"),
-    (["--workers", "-2"], "--workers: expected an integer >= -1"),
-    (["--keep-checkpoints", "0"], "--keep-checkpoints: expected an integer >= 1"),
-    (["--eval-every", "0"], "--eval-every: expected an integer >= 1"),
+    (["--threads", "-1"], "--threads: expected an integer in [0, 4096]"),
+    (["--workers", "-2"], "--workers: expected an integer in [-1, 1024]"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints: expected an integer in [1, 1000]"),
+    (["--eval-every", "0"], "--eval-every: expected an integer in [1, 1000000]"),
     (["--checkpoint-every-steps", "-1"], "--checkpoint-every-steps: expected an integer >= 0"),
     (["--target-top1", "1.5"], "--target-top1: expected a number in [0.0, 1.0]"),
     (["--color-jitter", "2"], "--color-jitter: expected a number in [0.0, 1.0]"),
-    (["--synthetic-images", "0"], "--synthetic-images: expected an integer >= 1"),
+    (["--synthetic-images", "0"], "--synthetic-images: expected an integer in [1, 2147483648]"),
     (["--model", "resnet9000"], "unknown model 'resnet9000'"),
     (["--model", "alexnet_bn", "--zero-init-residual"], "alexnet_bn has no residual blocks"),
     (["--precision", "fp16"], "fp16 with loss scaling needs a CUDA device"),
@@ -102,11 +102,11 @@ def resume_text_file(tmp_path):
 
 def out_is_a_file(tmp_path):
     (tmp_path / "taken").write_text("x")
-    return ["--out", str(tmp_path / "taken")], "Not a directory; check the path"
+    return ["--out", str(tmp_path / "taken")], "is a file, not a directory; choose another --out"
 
 
 def out_holds_a_run(tmp_path, finished_run):
-    return ["--out", str(finished_run[0])], "already holds a run with checkpoints; continue it with --resume auto"
+    return ["--out", str(finished_run[0])], "already holds a run (checkpoints, config.toml"
 
 
 PATH_CASES = [missing_data, data_dir_is_a_file, corrupt_idx, resume_missing_file, resume_directory,

@@ -15,14 +15,24 @@ def latest(run):
     return checkpoint.list_checkpoints(run / "checkpoints")[-1]
 
 
-def test_checkpoint_of_another_model_names_the_mismatched_keys(finished_run, tmp_path, helpers, cli):
+def test_checkpoint_of_another_model_is_refused_by_name(finished_run, tmp_path, helpers, cli):
     source, flags = finished_run
     code, _, err = cli(["train", "--out", str(tmp_path / "run"), *flags, "--model", "resnet20",
                         "--resume", str(latest(source))])
-    line = helpers.assert_one_line_error(code, err, str(latest(source)), "does not fit this model")
+    helpers.assert_one_line_error(code, err, str(latest(source)), "model.name is 'fast_resnet' there and 'resnet20'")
     assert code == 2
-    # fast_resnet has a stem BatchNorm `bn1`, resnet20 a `layer1.1` block: both sides are named
-    assert "missing: bn1.bias" in line and "unexpected: layer1.1.0.weight" in line
+
+
+def test_checkpoint_whose_weights_differ_names_the_mismatched_keys(finished_run, tmp_path, helpers, cli):
+    """Same model name, other tensors (a changed architecture): both sides are named."""
+    source, flags = finished_run
+    state = checkpoint.load(latest(source))
+    weights = dict(state["model"])
+    weights["layer9.weight"] = weights.pop("stem.1.bias")
+    other = rewrite(latest(source), tmp_path / "other.pt", model=weights)
+    code, _, err = cli(["train", "--out", str(tmp_path / "run"), *flags, "--resume", str(other)])
+    line = helpers.assert_one_line_error(code, err, str(other), "does not fit this model")
+    assert "missing: stem.1.bias" in line and "unexpected: layer9.weight" in line
 
 
 def rewrite(path, destination, **changes):
@@ -54,7 +64,7 @@ def test_resume_auto_into_another_model_names_the_checkpoint_file(finished_run, 
     source, flags = finished_run
     out = helpers.copy_run(source, tmp_path / "run")
     code, _, err = cli(["train", "--out", str(out), *flags, "--model", "resnet20", "--resume", "auto"])
-    helpers.assert_one_line_error(code, err, "does not fit this model", str(latest(out)))
+    helpers.assert_one_line_error(code, err, "does not fit this run", "model.name", str(latest(out)))
 
 
 def test_refused_resume_leaves_the_run_directory_unchanged(finished_run, tmp_path, helpers, cli):

@@ -99,7 +99,7 @@ def test_malicious_newest_checkpoint_is_skipped_by_resume_auto(poisoned_run, hel
     with pytest.warns(CheckpointWarning, match="refusing to load it"):
         code, stdout, err = cli(["train", "--out", str(out), *flags, "--resume", "auto"])
     assert code == 0, err
-    assert "resumed from step 8" in stdout
+    assert "already complete (step 8 of 8)" in stdout  # the valid step-8 checkpoint: nothing left to do
     assert not marker.exists()
 
 

@@ -28,6 +28,13 @@ __all__ = ["DataInfo", "TensorDataset", "SyntheticDataset", "ImageFileDataset", 
            "training_batches", "TrainingStream", "Normalizer", "skipped_files", "skipped_files_all_ranks", "clear_skipped",
            "restore_skipped", "resolve_workers"]
 
+# Class names in label order, where the files do not hold them (IDX files hold only numbers).
+CLASS_NAMES = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),  # Xiao, Rasul, Vollgraf 2017, Table 1
+    "mnist": tuple(str(digit) for digit in range(10)),
+}
+
 # Per-channel mean and std of the training images, in [0, 1] units.
 STATS = {
     "fashion-mnist": ((0.2860,), (0.3530,)),  # computed over the 60,000 training images
@@ -47,6 +54,7 @@ class DataInfo:
     std: tuple[float, ...]
     train_images: int
     test_images: int
+    classes: tuple[str, ...] = ()  # class names in label order (an ImageNet folder's wnids)
 
 
 class TensorDataset:
@@ -108,8 +116,8 @@ def build_datasets(data_config, seed: int = 0):
         train = ImageFileDataset(train_files.folder, train_files.files, train_files.labels,
                                  train_transform(data_config.augmentation, size, data_config.color_jitter,
                                                  data_config.lighting, fast), seed)
-        test = ImageFileDataset(test_files.folder, test_files.files, test_files.labels, eval_transform(size, fast),
-                                seed)
+        test = ImageFileDataset(test_files.folder, test_files.files, test_files.labels,
+                                eval_transform(size, fast, data_config.augmentation), seed)
     else:
         raise DataError(f"unknown data set '{name}'")
     if data_config.num_classes and name != "synthetic" and data_config.num_classes != classes:
@@ -122,7 +130,8 @@ def build_datasets(data_config, seed: int = 0):
         keep = keep.sort().values
         train = train.subset(keep) if hasattr(train, "subset") else TensorDataset(*train.batch(keep))
     mean, std = STATS[name]
-    info = DataInfo(name, classes, channels, size, mean, std, len(train), len(test))
+    names = tuple(train_files.classes) if name == "imagenet" else CLASS_NAMES.get(name, tuple(map(str, range(classes))))
+    info = DataInfo(name, classes, channels, size, mean, std, len(train), len(test), names)
     return train, test, info
 
 

@@ -4,8 +4,12 @@ Training (the ``extended`` level, Szegedy et al. 2015 as used by You et al. 2018
 random-resized crop (area scale 0.08-1 of the image, aspect ratio 3/4-4/3), horizontal flip,
 optional colour jitter (brightness, contrast, saturation, in random order) and optional AlexNet
 PCA lighting noise (Krizhevsky et al. 2012). The paper's ``minimal`` level: resize to 256x256,
-random 224x224 crop, flip. Evaluation: resize the shorter side to 256, centre crop 224; for
-another ``image_size`` S both are scaled: resize to round(S * 256 / 224), crop S.
+random 224x224 crop, flip. Evaluation resizes the way the training level does: after
+``minimal`` it squashes to 256x256 and takes the centre 224x224 (Caffe's test phase, whose LMDB
+holds the same 256x256 images as training's), after every other level it resizes the shorter
+side to 256 and takes the centre crop (aspect ratio kept). Caffe's AlexNet input of 227 is
+cropped from the same 256 pixels; for another ``image_size`` S both are scaled: resize to
+round(S * 256 / 224), crop S.
 
 Every geometric operation is one crop box in the coordinates of the stored image followed by
 one bilinear (antialiased) resize of that box to ``size x size``. The box is sampled from the
@@ -43,7 +47,7 @@ PCA_EIGENVECTORS = np.array([[-0.5675, 0.7192, 0.4009],
                              [-0.5808, -0.0045, -0.8140],
                              [-0.5836, -0.6948, 0.4203]])
 
-CROPS = ("random-resized", "resize-random", "center")
+CROPS = ("random-resized", "resize-random", "center", "squash-center")
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in stored-image pixels, PIL's convention
 
 
@@ -52,9 +56,15 @@ def image_rng(seed: int, position: int) -> random.Random:
     return random.Random(seed * (1 << 40) + position)
 
 
+# Crop sizes taken from 256-pixel images: 224 (ResNet, torchvision) and 227 (Caffe's AlexNet,
+# whose train_val.prototxt crops 227 x 227 from the 256 x 256 images of its LMDB).
+CROPS_FROM_256 = (224, 227)
+
+
 def eval_resize(size: int) -> int:
-    """Shorter side before the centre crop: 256 for 224, scaled for other sizes."""
-    return int(round(size * 256 / 224))
+    """Side the image is resized to before a ``size`` crop: 256 for the crops ImageNet code
+    takes from 256-pixel images (224, and Caffe's 227), ``round(size * 256 / 224)`` otherwise."""
+    return 256 if size in CROPS_FROM_256 else int(round(size * 256 / 224))
 
 
 # -------------------------------------------------------------------------------------------
@@ -95,6 +105,15 @@ def resize_random_crop_box(width: int, height: int, rng: random.Random, size: in
     left, top = rng.randint(0, resized - size), rng.randint(0, resized - size)
     sx, sy = width / resized, height / resized
     return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+
+
+def squash_center_box(width: int, height: int, size: int) -> Box:
+    """Resize to ``R x R`` (R = ``eval_resize(size)``, aspect not kept), take the centre ``size x
+    size``: evaluation after the paper's minimal augmentation, in stored-image coordinates."""
+    resized = eval_resize(size)
+    offset = (resized - size) // 2
+    sx, sy = width / resized, height / resized
+    return (offset * sx, offset * sy, (offset + size) * sx, (offset + size) * sy)
 
 
 def center_crop_box(width: int, height: int, size: int) -> Box:
@@ -181,7 +200,9 @@ class ImageTransform:
     """Stored image -> ``size x size`` RGB uint8 pixels.
 
     ``crop``: ``random-resized`` (training, extended), ``resize-random`` (training, the paper's
-    minimal) or ``center`` (evaluation, or training without augmentation). ``color_jitter`` J
+    minimal: squash, random crop), ``squash-center`` (evaluation after minimal: squash, centre
+    crop) or ``center`` (evaluation, or training without augmentation: shorter side, centre
+    crop). ``color_jitter`` J
     draws brightness, contrast and saturation factors from U(1 - J, 1 + J) (0: off);
     ``lighting`` is the std of the PCA noise (AlexNet: 0.1; 0: off)."""
 
@@ -200,11 +221,13 @@ class ImageTransform:
 
     @property
     def random(self) -> bool:
-        return self.crop != "center" or self.flip or self.color_jitter > 0 or self.lighting > 0
+        return self.crop not in ("center", "squash-center") or self.flip or self.color_jitter > 0 or self.lighting > 0
 
     def sample(self, width: int, height: int, rng: random.Random | None) -> Params:
         """The random choices for an image of ``width x height`` (the same whatever the decode path)."""
-        if self.crop == "center" or rng is None:
+        if self.crop == "squash-center":
+            box = squash_center_box(width, height, self.size)
+        elif self.crop == "center" or rng is None:
             box = center_crop_box(width, height, self.size)
         elif self.crop == "random-resized":
             box = random_resized_crop_box(width, height, rng, self.scale, self.ratio)
@@ -269,6 +292,9 @@ def train_transform(level: str, size: int, color_jitter: float = 0.4, lighting: 
     raise ValueError(f"unknown augmentation level {level!r}")
 
 
-def eval_transform(size: int, fast: bool = True) -> ImageTransform:
-    """Resize the shorter side to ``eval_resize(size)``, centre crop ``size``."""
-    return ImageTransform(size, "center", fast=fast)
+def eval_transform(size: int, fast: bool = True, level: str = "none") -> ImageTransform:
+    """The evaluation transform that matches training at augmentation ``level``: after
+    ``minimal`` squash to ``eval_resize(size)`` square and centre crop ``size`` (as training
+    squashes before its random crop, and as Caffe's test phase does); otherwise resize the
+    shorter side to ``eval_resize(size)`` and centre crop ``size``."""
+    return ImageTransform(size, "squash-center" if level == "minimal" else "center", fast=fast)

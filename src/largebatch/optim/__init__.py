@@ -41,7 +41,7 @@ def build_optimizer(optimizer_config, model: nn.Module, lr: float) -> torch.opti
         return LARS(groups, lr=lr, momentum=c.momentum, trust_coefficient=c.trust_coefficient, eps=c.eps,
                     nesterov=c.nesterov, clip=c.name == "larc", trust_denominator=c.trust_denominator,
                     lr_in_velocity=c.lr_in_velocity, trust_ratio_min=c.trust_ratio_min,
-                    trust_ratio_max=trust_ratio_max)
+                    trust_ratio_max=trust_ratio_max, zero_norm=c.zero_norm)
     if c.name == "lamb":
         return LAMB(groups, lr=lr, betas=(c.momentum, c.lamb_beta2), eps=c.lamb_eps,
                     trust_ratio_min=c.trust_ratio_min, trust_ratio_max=trust_ratio_max)

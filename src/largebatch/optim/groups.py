@@ -7,7 +7,10 @@ of parameter names:
 - ``1d``: tensors of rank 0 or 1 (biases, normalization scales and shifts; SimCLR-style and
   Facebook's self-supervised code);
 - ``bn_bias``: every parameter of a normalization layer, and the ``bias`` parameter of any module
-  (the TF and MLPerf reference LARS exclude these, there by name).
+  (the TF and MLPerf reference LARS exclude these, there by name);
+- ``bn``: every parameter of a normalization layer, biases of other layers not included (Goyal et
+  al. 2017, sec. 5.1: no weight decay on "the learnable BN coefficients (namely, gamma and
+  beta)"; NVIDIA's MLPerf ResNet-50 decays the classifier's bias but not BN's).
 
 Each rule has its own LR multiplier; a tensor that both rules select gets the product.
 """
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-EXCLUSION_RULES = ("none", "1d", "bn_bias")
+EXCLUSION_RULES = ("none", "1d", "bn_bias", "bn")
 
 NORMALIZATION_LAYERS: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
@@ -35,6 +38,8 @@ def selected(rule: str, module: nn.Module, attribute: str, parameter: torch.Tens
         return parameter.ndim <= 1
     if rule == "bn_bias":
         return isinstance(module, NORMALIZATION_LAYERS) or attribute == "bias"
+    if rule == "bn":
+        return isinstance(module, NORMALIZATION_LAYERS)
     raise ValueError(f"unknown exclusion rule {rule!r} (choose from {', '.join(EXCLUSION_RULES)})")
 
 

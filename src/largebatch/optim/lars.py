@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from largebatch.optim.multi_tensor import chunks, concatenate, summary
 
 TRUST_DENOMINATORS = ("sum_of_norms", "norm_of_sum")
+ZERO_NORM_RULES = ("rate_one", "gradient_only")
 
 
 class LARS(Optimizer):
@@ -50,6 +51,14 @@ class LARS(Optimizer):
       min(local_lr, lr), i.e. local_lr is replaced by min(local_lr / lr, 1). With LARC, local_lr
       is itself a learning rate (apex's default eta is 0.02). A rate of min(lr * local_lr, lr),
       which caps local_lr at 1, is ``trust_ratio_max=1`` instead.
+    - ``zero_norm``: what a tensor gets when ||w|| or the norm in the denominator is 0.
+      ``"rate_one"`` (default): local_lr = 1, which then passes through the bounds and LARC's cap
+      like any other local_lr, and the tensor is weight-decayed (the paper's Caffe code; timm
+      ``Lars``, which also caps it: min(1 / lr, 1) under ``trust_clip``). ``"gradient_only"``: the
+      tensor steps on its gradient alone at the global rate, local_lr = 1 with no bounds, no cap
+      and no weight decay (NVIDIA apex ``LARC``, which adapts and decays a tensor only
+      ``if param_norm != 0 and grad_norm != 0``). A zero ||w|| has no weight decay to drop, so
+      the two differ in the cap, and, for a tensor with a zero gradient, in its decay.
     - ``adapt=False``: local_lr = 1 (plain momentum SGD for that group).
 
     ``foreach=False`` selects the per-tensor reference loop. After each step,
@@ -62,11 +71,12 @@ class LARS(Optimizer):
                  eps: float = 0.0, nesterov: bool = False, clip: bool = False,
                  trust_denominator: str = "sum_of_norms", lr_in_velocity: bool = True,
                  trust_ratio_min: float = 0.0, trust_ratio_max: float = math.inf, adapt: bool = True,
-                 foreach: bool = True):
+                 zero_norm: str = "rate_one", foreach: bool = True):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         trust_coefficient=trust_coefficient, eps=eps, nesterov=nesterov, clip=clip,
                         trust_denominator=trust_denominator, lr_in_velocity=lr_in_velocity,
-                        trust_ratio_min=trust_ratio_min, trust_ratio_max=trust_ratio_max, adapt=adapt)
+                        trust_ratio_min=trust_ratio_min, trust_ratio_max=trust_ratio_max, adapt=adapt,
+                        zero_norm=zero_norm)
         self.foreach = foreach
         self._trust_ratios: list[Tensor] = []
         # Per parameter, room for g + beta * w in the variants that need it as a tensor of its own
@@ -85,6 +95,8 @@ class LARS(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("foreach", True)
+        for group in self.param_groups:  # groups saved before the switch existed
+            group.setdefault("zero_norm", "rate_one")
         self._trust_ratios, self._workspace = [], {}
 
     @torch.no_grad()
@@ -146,7 +158,7 @@ class LARS(Optimizer):
 def _options(group: dict[str, Any]) -> dict[str, Any]:
     return {key: group[key] for key in ("lr", "momentum", "weight_decay", "trust_coefficient", "eps",
                                         "nesterov", "clip", "trust_denominator", "lr_in_velocity",
-                                        "trust_ratio_min", "trust_ratio_max", "adapt")}
+                                        "trust_ratio_min", "trust_ratio_max", "adapt", "zero_norm")}
 
 
 def _check_group(group: dict[str, Any]) -> None:
@@ -164,6 +176,8 @@ def _check_group(group: dict[str, Any]) -> None:
                          f"{group['trust_ratio_min']} and {group['trust_ratio_max']}")
     if group["nesterov"] and group["momentum"] == 0:
         raise ValueError("LARS: Nesterov momentum needs momentum > 0")
+    if group.setdefault("zero_norm", "rate_one") not in ZERO_NORM_RULES:
+        raise ValueError(f"LARS: zero_norm must be one of {', '.join(ZERO_NORM_RULES)}, got {group['zero_norm']!r}")
 
 
 def _bound(ratio: Tensor, lr: float, trust_ratio_min: float, trust_ratio_max: float, clip: bool) -> Tensor:
@@ -180,7 +194,7 @@ def _bound(ratio: Tensor, lr: float, trust_ratio_min: float, trust_ratio_max: fl
 def _reference_step(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], *, lr: float,
                     momentum: float, weight_decay: float, trust_coefficient: float, eps: float,
                     nesterov: bool, clip: bool, trust_denominator: str, lr_in_velocity: bool,
-                    trust_ratio_min: float, trust_ratio_max: float, adapt: bool) -> Tensor:
+                    trust_ratio_min: float, trust_ratio_max: float, adapt: bool, zero_norm: str) -> Tensor:
     """The step written per tensor, as in the class docstring; returns the local_lr per tensor.
 
     The operations come in the same order as in :func:`_multi_tensor_step`, so that the two
@@ -188,6 +202,7 @@ def _reference_step(params: list[Tensor], grads: list[Tensor], buffers: list[Ten
     ratios = []
     for index, (w, g) in enumerate(zip(params, grads)):
         decayed = torch.add(g, w, alpha=weight_decay)  # g + beta * w, a new tensor: p.grad is untouched
+        decay = weight_decay  # the weight decay of this tensor (gradient_only: 0 where a norm is 0)
         if adapt:
             weight_norm = torch.linalg.vector_norm(w)
             if trust_denominator == "sum_of_norms":
@@ -196,10 +211,16 @@ def _reference_step(params: list[Tensor], grads: list[Tensor], buffers: list[Ten
             else:
                 gradient_norm = torch.linalg.vector_norm(decayed)
                 ratio = trust_coefficient * weight_norm / (gradient_norm + eps)
-            ratio = torch.where((weight_norm > 0) & (gradient_norm > 0), ratio, 1.0)
-            ratio = _bound(ratio, lr, trust_ratio_min, trust_ratio_max, clip)
+            live = (weight_norm > 0) & (gradient_norm > 0)
+            if zero_norm == "rate_one":
+                ratio = _bound(torch.where(live, ratio, 1.0), lr, trust_ratio_min, trust_ratio_max, clip)
+            else:  # gradient_only: the step on g alone, at the global rate
+                ratio = torch.where(live, _bound(ratio, lr, trust_ratio_min, trust_ratio_max, clip), 1.0)
+                decay = weight_decay * live.to(w.dtype)
+                decayed.addcmul_(w, decay - weight_decay)  # g + beta w - beta w = g where not live
         else:
             ratio = torch.ones((), dtype=w.dtype, device=w.device)
+            decay = weight_decay
         ratios.append(ratio)
         scale = ratio * lr if lr_in_velocity else ratio
         if momentum != 0 and not nesterov:
@@ -211,7 +232,7 @@ def _reference_step(params: list[Tensor], grads: list[Tensor], buffers: list[Ten
             else:
                 v.addcmul_(g, scale)
                 if weight_decay != 0:
-                    v.addcmul_(w, scale * weight_decay)
+                    v.addcmul_(w, scale * decay)
             update = v
         else:
             update = decayed * scale
@@ -240,7 +261,7 @@ def _multi_tensor_chunk(params: list[Tensor], grads: list[Tensor], buffers: list
                         workspace: list[Tensor], *, lr: float, momentum: float, weight_decay: float,
                         trust_coefficient: float, eps: float, nesterov: bool, clip: bool,
                         trust_denominator: str, lr_in_velocity: bool, trust_ratio_min: float,
-                        trust_ratio_max: float, adapt: bool) -> Tensor:
+                        trust_ratio_max: float, adapt: bool, zero_norm: str) -> Tensor:
     """:func:`_multi_tensor_step` on one chunk of tensors."""
     decayed = None
     if workspace:  # the variants that need g + beta * w as a tensor (never written into p.grad)
@@ -256,8 +277,14 @@ def _multi_tensor_chunk(params: list[Tensor], grads: list[Tensor], buffers: list
         else:
             gradient_norms = torch.stack(torch._foreach_norm(decayed))
             ratios = trust_coefficient * weight_norms / (gradient_norms + eps)
-        ratios = torch.where((weight_norms > 0) & (gradient_norms > 0), ratios, 1.0)
-        ratios = _bound(ratios, lr, trust_ratio_min, trust_ratio_max, clip)
+        live = (weight_norms > 0) & (gradient_norms > 0)
+        if zero_norm == "rate_one":
+            ratios = _bound(torch.where(live, ratios, 1.0), lr, trust_ratio_min, trust_ratio_max, clip)
+        else:  # gradient_only: the step on g alone, at the global rate
+            ratios = torch.where(live, _bound(ratios, lr, trust_ratio_min, trust_ratio_max, clip), 1.0)
+            decays = weight_decay * live.to(params[0].dtype)
+            if decayed is not None:
+                torch._foreach_addcmul_(decayed, params, list((decays - weight_decay).unbind()))
     else:
         ratios = torch.ones(len(params), dtype=params[0].dtype, device=params[0].device)
     scales = ratios * lr if lr_in_velocity else ratios  # per-tensor factor on (g + beta * w)
@@ -271,7 +298,8 @@ def _multi_tensor_chunk(params: list[Tensor], grads: list[Tensor], buffers: list
         else:
             torch._foreach_addcmul_(buffers, grads, list(scales.unbind()))
             if weight_decay != 0:
-                torch._foreach_addcmul_(buffers, params, list((scales * weight_decay).unbind()))
+                decay = decays if adapt and zero_norm == "gradient_only" else weight_decay
+                torch._foreach_addcmul_(buffers, params, list((scales * decay).unbind()))
         update = buffers
     else:
         torch._foreach_mul_(decayed, list(scales.unbind()))
