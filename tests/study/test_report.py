@@ -236,3 +236,17 @@ def test_out_that_belongs_to_something_else_is_refused(tmp_path, make_run, cli_m
     (docs / "README.md").write_text("notes")
     assert cli_main(["report", str(study), "--out", str(docs)])[0] == 0  # a folder of other files is fine
     assert (docs / "README.md").read_text() == "notes" and (docs / "report.md").is_file()
+
+
+def test_an_output_folder_in_use_is_refused_and_left_alone(tmp_path, make_run, cli_main):
+    from largebatch import rundir
+    make_run(tmp_path, "lars-b128-none-s0", 128)
+    assert cli_main(["report", str(tmp_path)])[0] == 0
+    before = (tmp_path / "report.md").read_bytes()
+    (tmp_path / rundir.LOCK_NAME).write_text(json.dumps({"pid": 4242, "host": "another-host", "job": "other"}))
+    make_run(tmp_path, "lars-b256-none-s0", 256)
+    code, _, err = cli_main(["report", str(tmp_path)])
+    assert code == 2 and "in use by process 4242 on another-host" in err and err.count("\n") == 1
+    assert (tmp_path / "report.md").read_bytes() == before
+    (tmp_path / rundir.LOCK_NAME).unlink()
+    assert cli_main(["report", str(tmp_path)])[0] == 0 and not (tmp_path / rundir.LOCK_NAME).exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from largebatch import rundir
 from largebatch.cli import main
 from largebatch.errors import ConfigError, Interrupted
 from largebatch.study import load_study, runner
@@ -70,6 +71,7 @@ def fake_engine(monkeypatch, make_run):
 
     def train_run(config):
         out = Path(config.run.out)
+        rundir.check_start(out, "auto", False)  # as the engine does first
         trained.append((out.name, config))
         if out.name == getattr(train_run, "stop_at", None):
             if getattr(train_run, "old_stop", False):
@@ -227,6 +229,41 @@ def test_a_study_directory_that_belongs_to_something_else_is_refused(tmp_path, f
     assert fake_engine.trained == []
 
 
+def lock_elsewhere(directory: Path) -> None:
+    """A lock held by a process on another machine (so never taken for stale)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / rundir.LOCK_NAME).write_text(json.dumps({"pid": 4242, "host": "another-host", "job": "job-7@elsewhere",
+                                                          "started": "2026-12-02T06:00:00+00:00"}))
+
+
+def test_a_run_another_process_is_training_is_left_to_it(tmp_path, fake_engine, capsys):
+    study = sweep_study(tmp_path)
+    lock_elsewhere(study.out / "down-b4096-none-s0-lr1")
+    runner.run_study(study)
+    out = capsys.readouterr().out
+    assert "down-b4096-none-s0-lr1: skipped: --out" in out and "in use by process 4242 on another-host" in out
+    names = [name for name, _ in fake_engine.trained]
+    assert "down-b4096-none-s0-lr1" not in names and "up-b4096-none-s0-lr8" in names
+    assert "down at batch 4096 (none): waiting for down-b4096-none-s0-lr1 (not complete)" in out
+
+
+def test_a_study_directory_in_use_is_refused(tmp_path, fake_engine):
+    study = sweep_study(tmp_path)
+    lock_elsewhere(study.out)
+    with pytest.raises(rundir.RunDirectoryError, match="in use by process 4242 on another-host"):
+        runner.run_study(study)
+    assert fake_engine.trained == [] and not (study.out / "study.toml").exists()
+    assert "another-host" in (study.out / rundir.LOCK_NAME).read_text()  # the owner's lock is left as it was
+
+
+def test_a_run_directory_that_cannot_be_resumed_stops_the_study_naming_it(tmp_path, fake_engine, make_run):
+    study = sweep_study(tmp_path)
+    run = make_run(study.out, "up-b4096-none-s0-lr0.5", 4096, complete=False)  # killed before its first checkpoint
+    with pytest.raises(ConfigError, match=f"study run up-b4096-none-s0-lr0.5: .*no checkpoint to resume from.* delete "
+                                          f"{run}"):
+        runner.run_study(study)
+
+
 def test_a_damaged_result_holds_the_cell_back_with_one_line(tmp_path, fake_engine, capsys):
     study = sweep_study(tmp_path)
     runner.run_study(study, only="up-b4096-none-s0-lr")  # the grid of `up`, widened
@@ -261,6 +298,27 @@ data = {{ data_dir = "{tiny_data}" }}
     assert rows["sgd"]["diverged"] and rows["sgd"]["top1"] is None
     assert not rows["lars"]["diverged"] and 0 <= rows["lars"]["top1"] <= 1
     assert "| diverged |" in (out / "report.md").read_text()
+
+
+def test_the_engine_leaves_a_run_another_process_trains_to_it(tiny_data, tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(f"""
+[study]
+batch_sizes = [128]
+epochs = 1
+seeds = [0, 1]
+[variants.lars]
+optimizer = {{ name = "lars", lr = 2.0 }}
+schedule = {{ warmup_epochs = 0.5 }}
+run = {{ micro_batch_size = 64, threads = 1 }}
+data = {{ data_dir = "{tiny_data}", workers = 0 }}
+""")
+    out = tmp_path / "out"
+    lock_elsewhere(out / "lars-b128-none-s0")
+    assert main(["study", str(path), "--out", str(out), "--no-report"]) == 0
+    assert "[1] lars-b128-none-s0: skipped: --out" in capsys.readouterr().out
+    assert (out / "lars-b128-none-s1" / "summary.json").is_file()
+    assert sorted(p.name for p in (out / "lars-b128-none-s0").iterdir()) == [rundir.LOCK_NAME]
 
 
 @pytest.mark.slow

@@ -22,10 +22,12 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from largebatch import rundir
 from largebatch.errors import ConfigError, Interrupted
 from largebatch.study.names import GridPoint, parse_run_name
 from largebatch.study.outputs import REPORT_FILES, RUN_FILES
@@ -90,9 +92,13 @@ class StudyRunner:
                 if self.selected(run.name):
                     self.with_settings(run)
         if not self.dry_run:
-            study.out.mkdir(parents=True, exist_ok=True)
             from largebatch.checkpoint import write_atomic
-            write_atomic(study.out / "study.toml", study.path.read_bytes())
+            # The study directory's lock is held only while its own files are written: several
+            # study processes with disjoint --only selections may share it (each run directory is
+            # locked by its run for the whole run).
+            with rundir.RunLock(study.out, " ".join(sys.argv)):
+                check_study_directory(study.out)
+                write_atomic(study.out / "study.toml", study.path.read_bytes())
         for run in study.runs:
             self.execute(run, "")
         if study.sweeps:
@@ -130,6 +136,11 @@ class StudyRunner:
             write_divergence_summary(run, out, error)
             self.done.append(out)
             return
+        except rundir.RunDirectoryError as error:
+            if (out / rundir.LOCK_NAME).exists():  # another process is training this run: leave it to it
+                self.log(f"{label}: skipped: {error}")
+                return
+            raise ConfigError(f"study run {run.name}: {error} (or delete {out} to train this run again)") from None
         if isinstance(result, dict) and "stopped_at_step" in result:
             # an engine that returns on a signal instead of raising Interrupted: the study stops the same way
             number = int(result.get("signal_number", signal.SIGTERM))

@@ -24,7 +24,7 @@ Every value passes the validation of the recipe field it sets (``largebatch.conf
 size is checked as ``run.batch_size``, a seed as ``run.seed``, each variant's table by
 ``build_config``. An LR factor is applied before that validation, so factor x lr must itself be
 a valid ``optimizer.lr`` (positive and finite), and so must the peak LR the scaling rule makes of
-it. Variant names are restricted (``largebatch.study.names``) and two grid points with the same
+it (``largebatch.derive`` checks that). Variant names are restricted (``largebatch.study.names``) and two grid points with the same
 run folder name are an error naming both.
 """
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,19 +263,11 @@ def _run_config(study: Study, point: GridPoint, settings: dict[str, Any]) -> cfg
             config = cfg.build_config(recipe, {**overrides, **settings})
         else:
             config = unscaled
-        _check_peak_lr(config)
+        peak_lr(config)  # derive() refuses a peak LR that is not positive and finite
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
     config.recipe = f"{study.path.stem}/{point.name}"
     return config
-
-
-def _check_peak_lr(config: cfg.Config) -> None:
-    """The LR the scaling rule makes of optimizer.lr at this batch must be positive and finite."""
-    value = peak_lr(config)
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"optimizer.lr {config.optimizer.lr:g} scaled by the {config.schedule.scaling} rule to batch "
-                          f"{config.run.batch_size} gives a peak LR of {value:g}; lower optimizer.lr")
 
 
 def parse_setting(text: str) -> tuple[str, Any]:
