@@ -107,6 +107,8 @@ BAD = [
     ("[study]\nbatch_sizes = [64, 64]\n[variants.a]\n", "study.batch_sizes holds 64 and 64"),
     ("[study]\nbatch_sizes = [64]\nlr_factors = [1.0, 1.0000001]\n[variants.a]\n",
      "study.lr_factors holds 1.0 and 1.0000001, the same grid point"),
+    ("[study]\nbatch_sizes = [64]\nlr_factors = [1.453125]\n[variants.a]\n",
+     r"study.lr_factors\[0\]: 1.453125 has more significant digits than a run name keeps \(6\); use 1.45312"),
     ("[study]\nbatch_sizes = [64]\nseeds = [0]\nbest_seeds = [0, 1]\n[variants.a]\n",
      "seed 0 is in both study.seeds and study.best_seeds"),
     ('[study]\nbatch_sizes = [64]\nout = "a\\nb"\n[variants.a]\n', "study.out: contains the control character"),

@@ -122,3 +122,9 @@ def test_a_factor_where_any_curve_seed_diverged_counts_as_diverged():
     points = curve(runs)
     assert points[1].diverged and best_point(points).lr_factor == 1.0
     assert points[0].top1 == pytest.approx(0.905) and points[0].seeds == (0, 1)
+
+
+def test_a_widened_factor_is_written_exactly_by_its_run_name():
+    # 0.3 x 0.3 / 0.6 is 0.15000000000000002 in floating point; the run name says 0.15
+    widening = next_factor(curve(results({0.3: 0.9, 0.6: 0.8, 1.2: 0.7})), 0.3, 1.2, 3)
+    assert widening.lr_factor == 0.15 and f"{widening.lr_factor:g}" == "0.15"

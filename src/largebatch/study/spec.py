@@ -124,11 +124,19 @@ class Study:
                  settings: dict[str, Any] | None = None) -> StudyRun:
         """The run at this grid point, its config validated (``settings``: extra ``section.key``
         values, as ``largebatch study --set`` gives)."""
-        lr_factor = cfg.check_value(f"study {self.path}: run {variant}-b{batch_size}: LR factor", _FACTOR_FIELD,
-                                    lr_factor)
+        where = f"study {self.path}: run {variant}-b{batch_size}: LR factor"
+        lr_factor = cfg.check_value(where, _FACTOR_FIELD, lr_factor)
+        _check_factor_precision(where, lr_factor)
         with_factor = self.sweeps or lr_factor != 1.0
         point = GridPoint(variant, batch_size, augmentation, seed, float(lr_factor), with_factor)
         return StudyRun(point, _run_config(self, point, settings or {}))
+
+
+def _check_factor_precision(where: str, factor: float) -> None:
+    """A factor must read back exactly from its run name, which keeps six significant digits."""
+    if float(format_factor(factor)) != factor:
+        raise ConfigError(f"{where}: {factor!r} has more significant digits than a run name keeps (6); "
+                          f"use {format_factor(factor)}")
 
 
 def find_study(path_or_name: str) -> Path:
@@ -209,6 +217,8 @@ def load_study(path_or_name: str, out: str = "") -> Study:
                               "already runs it at every factor); remove it from best_seeds")
     _no_repeats(path, "augmentations", augmentations or [])
     _no_repeats(path, "lr_factors", lr_factors, format_factor)
+    for index, factor in enumerate(lr_factors):
+        _check_factor_precision(f"study {path}: study.lr_factors[{index}]", factor)
     description = raw.get("description", study.get("description", ""))
     if not isinstance(description, str):
         raise ConfigError(f"study {path}: description must be a string")

@@ -187,4 +187,5 @@ def next_factor(points: list[FactorPoint], grid_low: float, grid_high: float, li
         why = f"the best factor x{factors[-1]:g} is the largest swept"
     else:
         return None
-    return Widening(factor, why)
+    # six significant digits, as a run name writes it (0.3 x 0.3 / 0.6 is 0.15000000000000002)
+    return Widening(float(f"{factor:.6g}"), why)
