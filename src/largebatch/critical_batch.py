@@ -21,7 +21,8 @@ by least squares on log S, prints a table and writes a plot. Only measured cross
 fit: a run that reached the target at its first evaluation gives an upper bound on S, one that
 never reached it a lower bound; both are drawn, neither is fitted. A fit that cannot be made
 (fewer than two batch sizes measured, or S_min or E_min indistinguishable from 0) is refused with
-its reason. Torch-free: matplotlib is imported only to draw.
+its reason. Matplotlib is imported only to draw, torch only to write the outputs
+(``largebatch.checkpoint.write_atomic``): ``largebatch plan --from-study`` reads a study without either.
 """
 
 from __future__ import annotations

@@ -184,8 +184,9 @@ def test_a_signal_stops_the_study_with_a_nonzero_status(tmp_path, fake_engine, c
     assert [name for name, _ in fake_engine.trained] == [r.name for r in study.runs[:2]]
     # through the command: no traceback, not 0, and nothing after the stopped run
     fake_engine.trained.clear()
-    assert main(["study", str(study.path), "--out", str(study.out), "--no-report"]) != 0
-    assert "stopped by signal 15" in capsys.readouterr().err
+    assert main(["study", str(study.path), "--out", str(study.out), "--no-report"]) == 128 + 15
+    err = capsys.readouterr().err
+    assert "stopped by signal 15" in err and err.count("\n") == 1
     assert [name for name, _ in fake_engine.trained] == [study.runs[1].name]
 
 
