@@ -213,10 +213,15 @@ def run_study(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.out)
     run(study, only=args.only, dry_run=args.dry_run, exclude=args.exclude, settings=settings)
     if not args.dry_run and not args.no_report:
+        from largebatch.rundir import RunDirectoryError
         from largebatch.study.report import write_report
         from largebatch.study.runs import find_run_dirs
         if find_run_dirs(study.out):
-            print(f"report: {write_report(str(study.out))}")
+            try:
+                print(f"report: {write_report(str(study.out))}")
+            except RunDirectoryError as error:  # another study process is writing it: the runs are done
+                print(f"largebatch: warning: report not written ({error}); write it later with "
+                      f"largebatch report {study.out}", file=sys.stderr)
     return 0
 
 
