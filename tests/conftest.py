@@ -45,3 +45,9 @@ def cli_env(tiny_data) -> dict[str, str]:
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+@pytest.fixture
+def make_tiny_data():
+    """``make_tiny_data(folder, train=512, test=256, seed=0)``: write a tiny data set elsewhere."""
+    return write_tiny_fashion_mnist

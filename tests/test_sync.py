@@ -1,6 +1,5 @@
 """The training step never reads the device: host reads grow with log boundaries, not steps."""
 
-import pytest
 import torch
 
 from largebatch.config import build_config, load_recipe

@@ -1,10 +1,14 @@
 """Calibration for the planner: measure this machine, write a device preset ``plan`` can use.
 
-``largebatch benchmark`` measures two things and writes them as a JSON preset
+``largebatch benchmark`` measures three things and writes them as a JSON preset
 (``largebatch plan --device-file PATH``):
 
-- training images/s of one model on synthetic data: forward, cross-entropy, backward and a plain
-  SGD step, in micro-batches when asked, timed after warm-up (median step);
+- the training rate curve of one model on synthetic data, images/s at several per-iteration
+  batches (forward, cross-entropy, backward and a plain SGD step, timed after warm-up, median
+  step); the planner interpolates it, and the fit R(b) = R_max b / (b + b_half) is reported;
+- the input pipeline: training images one core decodes and augments per second with our loader
+  (largebatch.data.ImageFileDataset: JPEG decode, random-resized crop, flip, uint8 batch), in CPU
+  seconds of one thread, on JPEGs written for the purpose (or a folder of yours);
 - all-reduce time between two local processes (gloo, torch.multiprocessing), at several message
   sizes; the fastest repeat of each size is fitted to the ring alpha-beta model
   T = 2(p-1)/p * n * beta + 2(p-1) * alpha.
@@ -85,6 +89,108 @@ def measure_training_rate(model_name: str, batch_size: int = 256, micro_batch_si
             "micro_batch_size": micro, "steps": steps, "threads": torch.get_num_threads(),
             "channels_last": channels_last, "median_step_s": median,
             "min_step_s": min(step_seconds), "max_step_s": max(step_seconds)}
+
+
+def curve_batches(text: str, batch_size: int) -> list[int]:
+    """The per-iteration batches of the rate curve: '32,64,128' (the reference batch is added), or
+    '' for batch/8, batch/4, batch/2 and batch."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()] if text.strip() else \
+            [batch_size // 8, batch_size // 4, batch_size // 2]
+    except ValueError:
+        raise ConfigError(f"--curve-batches: expected comma-separated integers, got '{text}'") from None
+    batches = sorted({b for b in values if b >= 1} | {batch_size})
+    if len(batches) < 3 or min(values, default=1) < 1:
+        raise ConfigError("--curve-batches: give batch sizes >= 1 that make, with --batch-size, at least three "
+                          "different ones (e.g. --curve-batches 64,128 with --batch-size 256)")
+    return batches
+
+
+def measure_training_curve(model_name: str, batches: list[int], steps: int = 10, warmup: int = 2,
+                           threads: int = 0, channels_last: bool = True, known: dict | None = None) -> list[dict]:
+    """Training images/s at each per-iteration batch (one forward/backward of ``b`` images per
+    step); ``known``: an already measured row to reuse for its batch."""
+    rows = []
+    for batch in batches:
+        if known and known["batch_size"] == batch and known["micro_batch_size"] == batch:
+            rows.append(known)
+        else:
+            rows.append(measure_training_rate(model_name, batch, 0, steps, warmup, threads, channels_last))
+    return rows
+
+
+def _synthetic_jpegs(folder: Path, count: int, width: int, height: int) -> list[str]:
+    """``count`` JPEGs (quality 90) of smooth colour fields plus noise: about 100 KB at 500x375,
+    near the mean size of ImageNet's training JPEGs (~110 KB), so decoding costs about as much."""
+    import numpy as np
+    from PIL import Image
+    names = []
+    x, y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    for i in range(count):
+        generator = np.random.default_rng(i)
+        pixels = np.empty((height, width, 3), np.float32)
+        for channel in range(3):
+            period = generator.uniform(20, 120)
+            pixels[..., channel] = generator.uniform(60, 190) + 40 * np.sin(x / period + generator.uniform(0, 6)) \
+                * np.cos(y / (period * 1.3))
+        pixels += generator.normal(0, 18, pixels.shape).astype(np.float32)
+        name = f"decode_{i:04d}.jpg"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / name, "JPEG", quality=90)
+        names.append(name)
+    return names
+
+
+def measure_decode_rate(images: int = 64, size: int = 224, repeats: int = 3, folder: str | None = None,
+                        fast_decode: bool = True) -> dict:
+    """Training images one core decodes and augments per second with our loader.
+
+    Decodes ``images`` JPEGs (written here at 500x375, or the .jpg/.jpeg files of ``folder``) to
+    ``size`` with random-resized crop and flip (``train_transform('extended')``, colour jitter and
+    lighting off) in batches of 32, in this process on one thread; CPU seconds, median of
+    ``repeats`` after one untimed round that warms the page cache.
+    """
+    import torch
+
+    from largebatch.data import ImageFileDataset
+    from largebatch.data.transforms import train_transform
+
+    if images < 1 or repeats < 1:
+        raise ConfigError("--decode-images and the repeats must be >= 1")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="largebatch-decode-") as temporary:
+            if folder:
+                root = Path(folder)
+                if not root.is_dir():
+                    raise ConfigError(f"--decode-folder: {root} is not a folder")
+                names = sorted(p.name for p in root.iterdir()
+                               if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg"))[:images]
+                if not names:
+                    raise ConfigError(f"--decode-folder: {root} has no .jpg or .jpeg files")
+            else:
+                root = Path(temporary)
+                names = _synthetic_jpegs(root, images, 500, 375)
+            transform = train_transform("extended", size, color_jitter=0.0, lighting=0.0, fast=fast_decode)
+            dataset = ImageFileDataset(root, names, [0] * len(names), transform, seed=0)
+            kilobytes = sum((root / n).stat().st_size for n in names) / len(names) / 1024
+            rates = []
+            for repeat in range(repeats + 1):
+                start = time.process_time()
+                for first in range(0, len(names), 32):
+                    indices = list(range(first, min(first + 32, len(names))))
+                    batch = dataset.load_batch(indices, [repeat * len(names) + i for i in indices])
+                    if batch.error or batch.skipped:
+                        raise ConfigError(f"--decode-folder: cannot decode {batch.skipped[0][0] if batch.skipped else ''}"
+                                          f" ({batch.error or batch.skipped[0][1]})")
+                seconds = time.process_time() - start
+                if repeat:
+                    rates.append(len(names) / max(seconds, 1e-9))
+    finally:
+        torch.set_num_threads(previous_threads)
+    return {"images_per_second_per_core": statistics.median(rates), "runs": rates, "images": len(names),
+            "mean_kilobytes": kilobytes, "size": size, "fast_decode": fast_decode,
+            "source": str(folder) if folder else "synthetic 500x375 JPEGs, quality 90"}
 
 
 def measure_matmul_flops(size: int = 1024, repeats: int = 5, threads: int = 0) -> float:
@@ -204,9 +310,12 @@ def _machine() -> dict:
             "system": platform.platform()}
 
 
-def build_preset(training: dict, allreduce_rows: list[dict] | None, peak_flops: float, command: str) -> dict:
-    """The JSON document ``plan --device-file`` reads (see largebatch.plan.presets)."""
+def build_preset(training: dict, allreduce_rows: list[dict] | None, peak_flops: float, command: str,
+                 curve_rows: list[dict] | None = None, decode: dict | None = None) -> dict:
+    """The JSON document ``plan --device-file`` reads (see largebatch.plan.presets): the rate at
+    the reference batch, the per-batch curve, the input pipeline and the local all-reduce fit."""
     from largebatch.model_costs import MODEL_COSTS
+    from largebatch.plan.curve import fit_saturating
     from largebatch.plan.presets import Device, Network, preset_to_dict
     machine = _machine()
     today = datetime.date.today().isoformat()
@@ -224,6 +333,25 @@ def build_preset(training: dict, allreduce_rows: list[dict] | None, peak_flops: 
     model = training["model"]
     macs = MODEL_COSTS[model]["macs"] if model in MODEL_COSTS else None
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    curve: dict = {}
+    measured_curve = None
+    if curve_rows:
+        batches = tuple(float(r["batch_size"]) for r in curve_rows)
+        rates = tuple(float(r["images_per_second"]) for r in curve_rows)
+        try:
+            max_rate, half_batch = fit_saturating(batches, rates)
+        except ConfigError:  # times that do not grow with the batch: noise; the table is still usable
+            max_rate, half_batch = None, None
+        curve = {"curve_batches": batches, "curve_images_per_second": rates,
+                 "curve_source": f"largebatch benchmark, {today}: {model} at batch "
+                                 f"{', '.join(f'{b:g}' for b in batches)}"}
+        measured_curve = {"rows": curve_rows, "fit": {"max_images_per_second": max_rate, "half_batch": half_batch}}
+    pipeline: dict = {}
+    if decode:
+        pipeline = {"cores_per_node": _cores(), "decode_images_per_second": decode["images_per_second_per_core"],
+                    "decoder": "same-cores",
+                    "input_source": f"largebatch benchmark, {today}: our loader on one core "
+                                    f"({decode['source']}, {decode['size']} px)"}
     device = Device(
         name="calibrated", description=f"{machine['cpu']}, {training['threads']} threads, torch {machine['torch']}",
         peak_flops=peak_flops, precision="fp32 (measured matmul)", memory_bytes=float(memory),
@@ -231,9 +359,17 @@ def build_preset(training: dict, allreduce_rows: list[dict] | None, peak_flops: 
         network=network.name if network else "ethernet-10g", links_per_node=1,
         reference_model=model, reference_images_per_second=training["images_per_second"],
         reference_macs=macs, reference_batch=training["batch_size"],
-        source=f"largebatch benchmark, {today}")
+        source=f"largebatch benchmark, {today}", **curve, **pipeline)
     return preset_to_dict(device, network, {"machine": machine, "command": command, "training": training,
+                                            "curve": measured_curve, "decode": decode,
                                             "allreduce": allreduce_rows or []})
+
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -252,8 +388,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allreduce-sizes", default=",".join(f"{s:g}" for s in CALIBRATION_SIZES_MB), metavar="MB,MB",
                         help="all-reduce message sizes in MB to fit the alpha-beta model "
                              f"(default: {','.join(f'{s:g}' for s in CALIBRATION_SIZES_MB)})")
+    parser.add_argument("--curve-batches", default="", metavar="N,N",
+                        help="per-iteration batches of the rate curve, besides --batch-size (default: "
+                             "--batch-size / 8, / 4, / 2)")
+    parser.add_argument("--skip-curve", action="store_true", help="measure the rate at --batch-size only")
+    parser.add_argument("--decode-images", type=int, default=64, metavar="N",
+                        help="JPEGs decoded to time the input pipeline (default: 64)")
+    parser.add_argument("--decode-folder", default=None, metavar="DIR",
+                        help="decode the .jpg/.jpeg files of this folder instead of synthetic 500x375 JPEGs")
+    parser.add_argument("--decode-size", type=int, default=224, metavar="PX",
+                        help="training image size for the decode timing (default: 224)")
+    parser.add_argument("--skip-decode", action="store_true", help="do not time the input pipeline")
     parser.add_argument("--repeats", type=int, default=5, metavar="N", help="timed all-reduces per size (default: 5)")
-    parser.add_argument("--skip-allreduce", action="store_true", help="measure the training rate only")
+    parser.add_argument("--skip-allreduce", action="store_true", help="do not time the all-reduce")
     parser.add_argument("--output", default="largebatch-device.json", metavar="PATH",
                         help="where to write the preset (default: largebatch-device.json)")
 
@@ -274,6 +421,9 @@ def _command(args: argparse.Namespace) -> str:
              f"--micro-batch-size {args.micro_batch_size}" if args.micro_batch_size else "",
              f"--steps {args.steps} --warmup {args.warmup}", f"--threads {args.threads}" if args.threads else "",
              "" if args.channels_last else "--no-channels-last",
+             "--skip-curve" if args.skip_curve else (f"--curve-batches {args.curve_batches}" if args.curve_batches else ""),
+             "--skip-decode" if args.skip_decode else f"--decode-images {args.decode_images} --decode-size {args.decode_size}"
+             + (f" --decode-folder {args.decode_folder}" if args.decode_folder else ""),
              "--skip-allreduce" if args.skip_allreduce else f"--allreduce-sizes {args.allreduce_sizes} --repeats {args.repeats}",
              f"--output {args.output}"]
     return " ".join(part for part in parts if part)
@@ -281,13 +431,30 @@ def _command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     sizes = None if args.skip_allreduce else _sizes(args.allreduce_sizes)
+    batches = None if args.skip_curve else curve_batches(args.curve_batches, args.batch_size)
+    if not args.skip_decode and (args.decode_images < 1 or args.decode_size < 8):
+        raise ConfigError("--decode-images must be >= 1 and --decode-size >= 8")
     print(f"timing {args.model} training, {args.batch_size} images per step ...", flush=True)
     training = measure_training_rate(args.model, args.batch_size, args.micro_batch_size, args.steps,
                                      args.warmup, args.threads, args.channels_last)
     print(f"  {training['images_per_second']:,.1f} images/s (median step {training['median_step_s'] * 1e3:.1f} ms, "
           f"{training['threads']} threads)")
+    curve_rows = None
+    if batches:
+        print(f"timing the rate curve at {', '.join(map(str, batches))} images per step ...", flush=True)
+        curve_rows = measure_training_curve(args.model, batches, args.steps, args.warmup, args.threads,
+                                            args.channels_last, known=training)
+        for row in curve_rows:
+            print(f"  {row['batch_size']:>6}  {row['images_per_second']:>9,.1f} images/s  "
+                  f"(median step {row['median_step_s'] * 1e3:.1f} ms)")
     peak = measure_matmul_flops(threads=args.threads)
     print(f"  fp32 matmul: {peak / 1e9:,.1f} GFLOP/s")
+    decode = None
+    if not args.skip_decode:
+        print("timing the input pipeline (decode + random-resized crop + flip, one core) ...", flush=True)
+        decode = measure_decode_rate(args.decode_images, args.decode_size, folder=args.decode_folder)
+        print(f"  {decode['images_per_second_per_core']:,.1f} images/s per core ({decode['images']} JPEGs, "
+              f"{decode['mean_kilobytes']:.0f} KB on average, to {decode['size']} px)")
     rows = None
     if sizes:
         print("timing gloo all-reduce between 2 local processes ...", flush=True)
@@ -295,7 +462,14 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             print(f"  {row['bytes'] / MB:>8.3f} MB  {row['median_s'] * 1e3:>9.2f} ms  "
                   f"bus {row['bus_bandwidth'] / 1e9:6.2f} GB/s")
-    document = build_preset(training, rows, peak, _command(args))
+    document = build_preset(training, rows, peak, _command(args), curve_rows, decode)
+    if document["measured"].get("curve"):
+        fit = document["measured"]["curve"]["fit"]
+        if fit["max_images_per_second"]:
+            print(f"  curve fit: R(b) = {fit['max_images_per_second']:,.1f} b / (b + {fit['half_batch']:.1f}) images/s")
+        else:
+            print("  curve fit: the step time did not grow with the batch (a noisy machine?); the measured points "
+                  "are used as they are")
     if rows:
         network = document["network"]
         print(f"  fit: {network['bandwidth'] / 1e9:.2f} GB/s, {network['latency'] * 1e6:.1f} us per step")

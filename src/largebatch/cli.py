@@ -134,7 +134,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a run directory (its newest valid checkpoint is used)")
     parser.add_argument("--checkpoint", default="", help="a specific checkpoint file (default: newest)")
     parser.add_argument("--data-dir", default="", help="data folder, if not the one the run used (default: the run's)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    parser.add_argument("--device", default="auto", choices=cfg.DEVICES,
                         help="where to evaluate (default: auto)")
 
 
@@ -290,7 +290,8 @@ COMMANDS = {
     "plan": ("predict time to train on many processors: compute, all-reduce, bottleneck", add_plan_args, run_plan),
     "critical-batch": ("fit S_min, E_min and the critical batch size from a study's steps to a target top-1",
                        add_critical_batch_args, run_critical_batch),
-    "benchmark": ("measure this machine's training rate and all-reduce bandwidth; write a plan preset",
+    "benchmark": ("measure this machine's training rate at several micro-batch sizes (the rate curve), the loader's "
+                  "decode rate per core and the all-reduce bandwidth; write a plan preset",
                   add_benchmark_args, run_benchmark),
 }
 

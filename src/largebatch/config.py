@@ -24,6 +24,9 @@ from typing import Any
 from largebatch.errors import ConfigError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+
+# The vocabulary of a recipe: every choice list is defined here, once, and the modules that act on
+# a choice (optim, schedule, precision, data) import it from here.
 DEFAULT_RECIPE = "fashion_mnist"
 
 DATASETS = ("fashion-mnist", "mnist", "imagenet", "synthetic", "custom")  # custom: largebatch.fit(...)
@@ -34,6 +37,10 @@ SCALING_RULES = ("none", "linear", "sqrt")
 EXCLUSION_RULES = ("none", "1d", "bn_bias", "bn")
 DECAY_ORIGINS = ("warmup_end", "start")
 ZERO_NORM_RULES = ("rate_one", "gradient_only")
+TRUST_DENOMINATORS = ("sum_of_norms", "norm_of_sum")
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "gloo", "nccl")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
@@ -98,7 +105,7 @@ class OptimizerConfig:
                         min=0.0)
     trust_denominator: str = option(
         "sum_of_norms", "LARS trust-ratio denominator: sum_of_norms ||g|| + beta*||w|| (paper), or "
-        "norm_of_sum ||g + beta*w|| (Facebook's self-supervised code)", choices=("sum_of_norms", "norm_of_sum"))
+        "norm_of_sum ||g + beta*w|| (Facebook's self-supervised code)", choices=TRUST_DENOMINATORS)
     lr_in_velocity: bool = option(
         True, "LARS: the global LR multiplies the update inside the momentum buffer (paper, TF, MLPerf, optax); "
         "off: it multiplies the buffer (torch SGD style, timm, apex)")
@@ -162,12 +169,12 @@ class RunConfig:
                                 "acts on SIGTERM/SIGINT (0: at epoch ends only)", min=0)
     tensorboard: bool = option(False, "also write TensorBoard scalars to <run>/tensorboard (needs the tensorboard "
                                "package); metrics.jsonl stays the record")
-    device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    device: str = option("auto", "where to train", choices=DEVICES)
     backend: str = option("auto", "torch.distributed backend (auto: nccl on CUDA, gloo on CPU)",
-                          choices=("auto", "gloo", "nccl"))
+                          choices=BACKENDS)
     precision: str = option("auto", "numeric precision: autocast bf16/fp16 for the forward pass (auto: bf16 on "
                             "CUDA, fp32 on CPU); fp64 for numerical checks",
-                            choices=("auto", "fp32", "bf16", "fp16", "fp64"))
+                            choices=PRECISIONS)
     compile: bool = option(False, "torch.compile the model for training (slow to start; faster steps on GPU)")
     sync_batchnorm: bool = option(False, "BatchNorm statistics over all processes' micro-batches (SyncBatchNorm; "
                                   "CUDA only). Default: per micro-batch, as in the paper")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from largebatch.config import PRECISIONS  # noqa: F401  (re-exported: the benchmarks' --precision choices)
 from largebatch.errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 
 
 def resolve(name: str, device: torch.device) -> str:

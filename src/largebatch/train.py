@@ -42,7 +42,7 @@ from largebatch.data import (DataInfo, ImageFileDataset, Normalizer, build_datas
 from largebatch.data.prefetch import machine_input_settings, prefetch_to_device
 from largebatch.data.sampler import StreamSampler
 from largebatch.derive import RunPlan, derive, with_micro_batch
-from largebatch.errors import CheckpointError, ConfigError, DataError, Interrupted, UserError
+from largebatch.errors import CheckpointError, ConfigError, Interrupted, UserError
 from largebatch.evaluate import evaluate
 from largebatch.noise_scale import NoiseScaleMonitor
 from largebatch.optim import build_optimizer, describe_groups, trust_ratio_summary
@@ -88,10 +88,10 @@ def train(config: Config, resume: str = "", *, extend_schedule: bool = False, mo
     # Every process checks on its own, before any collective call: a refusal is one line per process.
     rundir.check_start(out, resume, bool(checkpoint.list_checkpoints(out / "checkpoints")))
     is_main = int(os.environ.get("RANK", "0")) == 0
-    with rundir.RunLock(out, " ".join(sys.argv)) if is_main else contextlib.nullcontext():
+    with rundir.RunLock(out, " ".join(sys.argv)) if is_main else contextlib.nullcontext(), StopRequest() as stop:
         context = distributed.setup(config.run.device, config.run.backend, config.run.threads)
         try:
-            return _train(config, context, out, resume, extend_schedule, model, train_set, test_set)
+            return _train(config, context, out, resume, extend_schedule, model, train_set, test_set, stop)
         except RuntimeError as error:
             if context.enabled and distributed.is_peer_failure(error):
                 raise PeerFailure(f"another process of this job failed ({str(error).strip().splitlines()[0][:120]}); "
@@ -111,7 +111,7 @@ def run_directory(config: Config) -> Path:
 
 
 def _train(config: Config, context: distributed.DistributedContext, out: Path, resume: str, extend_schedule: bool,
-           model: nn.Module | None, train_set, test_set) -> dict[str, Any]:
+           model: nn.Module | None, train_set, test_set, stop: StopRequest) -> dict[str, Any]:
     torch.manual_seed(config.run.seed)
     random.seed(config.run.seed)
     run = build_run(config, context, out, model, train_set, test_set)
@@ -122,7 +122,7 @@ def _train(config: Config, context: distributed.DistributedContext, out: Path, r
         return json.loads((out / "summary.json").read_text(encoding="utf-8"))
     start_run_files(run, state, changes)
     try:
-        train_loop(run, state)
+        train_loop(run, state, stop)
         return finish(run, state)
     finally:
         run.tensorboard.close()
@@ -350,6 +350,8 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         def handler(signum, frame):
+            if signum == signal.SIGINT and self.signal_number == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the boundary
             self.signal_number = signum
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -374,8 +376,9 @@ class Window:
     data_wait_s: float = 0.0
 
 
-def train_loop(run: Run, state: TrainState) -> None:
-    """Steps from ``state.step`` to the end of the schedule (or to a stop)."""
+def train_loop(run: Run, state: TrainState, stop: StopRequest) -> None:
+    """Steps from ``state.step`` to the end of the schedule, or to a stop that ``stop`` (SIGTERM,
+    SIGINT) requested."""
     plan, config = run.plan, run.config.run
     input_settings = machine_input_settings(run.context.device.type, workers=run.config.data.workers,
                                             device_prefetch=run.config.data.prefetch)
@@ -385,36 +388,35 @@ def train_loop(run: Run, state: TrainState) -> None:
                             prefetch_factor=input_settings.loader_prefetch)
     data = prefetch_to_device(data, run.context.device, input_settings.device_prefetch)
     window, rate = Window(state.step), 0.0
-    with StopRequest() as stop:
-        while state.step < plan.total_steps:
-            step, lr = state.step, plan.lr_at(state.step)
-            waited = time.perf_counter()
-            micro_batches = next(data)
-            window.data_wait_s += time.perf_counter() - waited
-            loss_sum, skipped = train_step(run, micro_batches, step, lr)
-            window.losses.append(loss_sum)
-            window.skipped.append(skipped)
-            state.step += 1
-            run.progress.step(state.step, plan.epoch_at(state.step), lr, rate)
-            if not is_log_boundary(plan, config, state.step):
-                continue
-            stopping, rate = close_window(run, state, window, lr, stop.signal_number)
-            saved = False
-            if epoch_ended(plan, state.step):
-                saved = end_of_epoch(run, state, lr)
-            elif config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0:
+    while state.step < plan.total_steps:
+        step, lr = state.step, plan.lr_at(state.step)
+        waited = time.perf_counter()
+        micro_batches = next(data)
+        window.data_wait_s += time.perf_counter() - waited
+        loss_sum, skipped = train_step(run, micro_batches, step, lr)
+        window.losses.append(loss_sum)
+        window.skipped.append(skipped)
+        state.step += 1
+        run.progress.step(state.step, plan.epoch_at(state.step), lr, rate)
+        if not is_log_boundary(plan, config, state.step):
+            continue
+        stopping, rate = close_window(run, state, window, lr, stop.signal_number)
+        saved = False
+        if epoch_ended(plan, state.step):
+            saved = end_of_epoch(run, state, lr)
+        elif config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0:
+            save_checkpoint(run, state)
+            saved = True
+        if stopping:
+            if not saved:
                 save_checkpoint(run, state)
-                saved = True
-            if stopping:
-                if not saved:
-                    save_checkpoint(run, state)
-                raise Interrupted(f"stopped by signal at step {state.step}; checkpoint saved. Resume with: largebatch "
-                                  f"train --recipe {run.out / 'config.toml'} --resume auto", stopping)
-            if state.target_record is not None and config.stop_at_target:
-                run.progress.message(f"target top-1 {config.target_top1} reached at epoch "
-                                     f"{state.target_record['epoch']}; stopping")
-                break
-            window = Window(state.step)
+            raise Interrupted(f"stopped by signal at step {state.step}; checkpoint saved. Resume with: largebatch "
+                              f"train --recipe {run.out / 'config.toml'} --resume auto", stopping)
+        if state.target_record is not None and config.stop_at_target:
+            run.progress.message(f"target top-1 {config.target_top1} reached at epoch "
+                                 f"{state.target_record['epoch']}; stopping")
+            break
+        window = Window(state.step)
 
 
 def train_step(run: Run, micro_batches: list, step: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -633,6 +635,7 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
         run.progress.message(f"done: top1 {summary['top1']:.4f} top5 {summary['top5']:.4f} in "
                              f"{summary['wall_time_s']:.0f} s ({summary['images_per_s']:,.0f} img/s); run directory "
                              f"{run.out}")
+    distributed.barrier(run.context)  # every rank is done with collectives before the group is destroyed
     return summary
 
 

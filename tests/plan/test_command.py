@@ -12,6 +12,7 @@ from largebatch.cli import main
 from largebatch.plan import DEVICES, NETWORKS, get_device
 from largebatch.plan.command import parse_sweep
 from largebatch.plan.presets import load_preset_file, preset_to_dict
+from largebatch.plan.records import RECORDS
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 ISSUE_EXAMPLE = ["plan", "--model", "resnet50", "--batch-size", "32768", "--epochs", "90", "--device", "v100",
@@ -139,7 +140,71 @@ def test_list_and_validate_print_every_preset_and_record(capsys):
         assert name in out
     assert main(["plan", "--validate", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 5
+    assert [row["run"] for row in rows] == [record.run for record in RECORDS]
+    assert len(rows) >= 9  # the five first records and at least four more
     for row in rows:
         assert row["published_s"] > 0 and row["predicted_s"] > 0
         assert row["ratio"] == pytest.approx(row["predicted_s"] / row["published_s"])
+        assert row["kind"] in ("calibration", "validation")
+        assert row["within_target"] == (1 / 1.5 <= row["ratio"] <= 1.5)
+    kinds = {row["run"]: row["kind"] for row in rows}
+    assert kinds["Goyal et al. 2017, ResNet-50"] == "calibration"
+    assert kinds["Akiba et al. 2017, ResNet-50"] == "validation"
+    assert main(["plan", "--validate"]) == 0
+    out = capsys.readouterr().out
+    for record in RECORDS:
+        assert record.run in out
+    assert "calibration" in out and "validation records within 1.5x" in out
+
+
+def test_issue_example_prints_a_lower_rate_at_32_per_gpu_and_the_curve_source(capsys):
+    assert main(ISSUE_EXAMPLE) == 0
+    out = capsys.readouterr().out
+    curve = [line for line in out.splitlines() if line.strip().startswith("curve")]
+    assert len(curve) == 1 and "DeepLearningExamples" in curve[0] and "R(32)" in curve[0]
+    assert main([*ISSUE_EXAMPLE, "--json"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    assert main(["plan", "--device", "v100", "--batch-size", str(256 * 1024), "--processors", "1024", "--json"]) == 0
+    large = json.loads(capsys.readouterr().out)
+    assert small["per_processor_batch"] == 32 and large["per_processor_batch"] == 256
+    assert small["images_per_second"] < large["images_per_second"] == pytest.approx(1200)
+    assert small["curve_source"] == large["curve_source"]
+    # At 256 per GPU the DGX-1's 40 cores cannot decode 8 x 1,200 images/s: input-bound.
+    assert large["bound"] == "input" and large["iter_s"] == pytest.approx(large["input_s_per_iter"])
+
+
+def test_curve_and_input_options(capsys):
+    base = ["plan", "--device", "v100", "--batch-size", "32768", "--processors", "1024", "--json"]
+    assert main([*base, "--half-batch", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["images_per_second"] == pytest.approx(1200)
+    assert main([*base, "--decoder", "gpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_s_per_iter"] == 0
+    assert main([*base, "--cores-per-node", "4", "--decode-rate", "100"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["input_images_per_second"] == pytest.approx(50) and plan["bound"] == "input"
+    assert main([*base, "--overlap"]) == 0
+    overlapped = json.loads(capsys.readouterr().out)
+    assert 0 < overlapped["exposed_comm_s_per_iter"] < overlapped["comm_s_per_iter"]
+    assert main([*base, "--overlap", "--bucket-mb", "200"]) == 0  # one bucket: nothing hidden
+    one = json.loads(capsys.readouterr().out)
+    assert one["exposed_comm_s_per_iter"] == pytest.approx(one["comm_s_per_iter"])
+    assert main([*base, "--half-batch", "-1"]) == 2
+    assert "--half-batch" in capsys.readouterr().err
+
+
+def test_device_file_with_a_curve_round_trips_and_bad_curves_are_rejected(tmp_path, capsys):
+    path = tmp_path / "preset.json"
+    device = get_device("v100")
+    path.write_text(json.dumps(preset_to_dict(device, None)))
+    loaded, _ = load_preset_file(path)
+    assert loaded == device and loaded.curve_batches == device.curve_batches  # JSON lists back to tuples
+    for change, message in (({"curve_batches": [256, 128], "curve_images_per_second": [2, 1]}, "increasing"),
+                            ({"curve_images_per_second": [1, 2]}, "batches but"),
+                            ({"curve_batches": [1, "x"]}, "list of numbers"),
+                            ({"decoder": "abacus"}, "decoder")):
+        document = preset_to_dict(device, None)
+        document["device"].update(change)
+        path.write_text(json.dumps(document))
+        assert main(["plan", "--device-file", str(path), "--processors", "4"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

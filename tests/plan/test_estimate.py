@@ -6,7 +6,7 @@ import pytest
 
 from largebatch.errors import ConfigError
 from largebatch.plan import DEVICES, NETWORKS, Device, ModelCost, Network, Setup, plan_time
-from largebatch.plan.presets import TRAINING_FLOPS_PER_MAC
+from largebatch.plan.presets import TRAINING_FLOPS_PER_MAC, check_device_curve
 
 MODEL = ModelCost("toy", macs=1e9, params=10_000_000)  # 40 MB of FP32 gradients
 DEVICE = Device(name="toy-gpu", description="test", peak_flops=100e12, precision="fp16", memory_bytes=16e9,
@@ -66,20 +66,26 @@ def test_efficiency_is_one_processor_time_over_processor_time():
     assert many.efficiency == pytest.approx(single.total_s / (p * many.total_s))
 
 
-def test_overlap_hides_up_to_two_thirds_of_compute():
+def test_overlap_hides_the_bucketed_all_reduce_as_ddp_does():
     base = setup(allreduce="ring", network=Network("slow", "", bandwidth=1e9, latency=0.0))
-    # 2 processes: the all-reduce of 40 MB at 1 GB/s takes n * beta = 40 ms; compute 0.1 s,
-    # of which the backward pass (2/3, 66.7 ms) hides all of it.
-    hidden = plan_time(dataclasses.replace(base, overlap=True), 200, 2)
-    assert hidden.comm_s_per_iter == pytest.approx(0.04)
-    assert hidden.exposed_comm_s_per_iter == 0
-    assert hidden.iter_s == pytest.approx(0.1)
+    # 2 processes: the all-reduce of 40 MB at 1 GB/s takes n * beta = 40 ms; compute 0.1 s, so
+    # the backward pass takes 2/3 of it, 66.7 ms.
     plain = plan_time(base, 200, 2)
+    assert plain.comm_s_per_iter == pytest.approx(0.04)
     assert plain.iter_s == pytest.approx(0.14)
-    # Compute 0.03 s: backward hides 0.02 s of the 0.04 s all-reduce.
-    short = plan_time(dataclasses.replace(base, overlap=True), 60, 2)
-    assert short.exposed_comm_s_per_iter == pytest.approx(0.02)
-    assert short.iter_s == pytest.approx(0.05)
+    # One bucket holding the whole gradient: ready only when the backward pass ends, nothing hidden.
+    one = plan_time(dataclasses.replace(base, overlap=True, bucket_bytes=40e6), 200, 2)
+    assert one.exposed_comm_s_per_iter == pytest.approx(0.04)
+    # Four 10 MB buckets, ready at 1/4, 2/4, 3/4 and all of 66.7 ms; each takes 10 ms, so each is
+    # done before the next is ready and only the last one (10 ms) runs past the backward pass.
+    four = plan_time(dataclasses.replace(base, overlap=True, bucket_bytes=10e6), 200, 2)
+    assert four.exposed_comm_s_per_iter == pytest.approx(0.01)
+    assert four.iter_s == pytest.approx(0.11)
+    # Compute 0.03 s (backward 20 ms): the four buckets queue behind each other from 5 ms on and
+    # end at 5 + 40 = 45 ms, 25 ms after the backward pass.
+    short = plan_time(dataclasses.replace(base, overlap=True, bucket_bytes=10e6), 60, 2)
+    assert short.exposed_comm_s_per_iter == pytest.approx(0.025)
+    assert short.iter_s == pytest.approx(0.055)
 
 
 def test_bound_names_the_limiting_resource():
@@ -115,10 +121,13 @@ def test_16_bit_gradients_halve_the_bandwidth_term():
     assert fp16.comm_s_per_iter == pytest.approx(fp32.comm_s_per_iter / 2)
 
 
-def test_small_per_processor_batch_is_flagged():
+def test_small_per_processor_batch_is_flagged_without_a_curve():
     device = dataclasses.replace(DEVICE, reference_batch=256)
     assert any("optimistic" in note for note in plan_time(setup(device=device), 16 * 8, 8).notes)
     assert not plan_time(setup(device=device), 256 * 8, 8).notes
+    # With a curve the rate at 16 is modelled, not flagged.
+    curved = dataclasses.replace(device, half_batch=10.0)
+    assert not plan_time(setup(device=curved), 16 * 8, 8).notes
 
 
 def test_bad_configurations_raise_config_errors():
@@ -136,6 +145,14 @@ def test_presets_cover_the_issue_names_and_are_sane():
         assert device.network in NETWORKS, name
         assert device.peak_flops > 0 and device.memory_bytes > 0 and device.source
         assert bool(device.reference_images_per_second) != bool(device.efficiency), name  # exactly one
+        # Every curve and input pipeline is sourced and usable; GPUs and CPUs decode where stated.
+        assert device.curve_source and device.input_source, name
+        check_device_curve(device, name)
+        assert device.decoder == ("same-cores" if name in ("knl", "skylake-8160", "cpu-local") else "other-cores")
+        assert device.reference_batch and device.cores_per_node and device.decode_images_per_second, name
+    assert DEVICES["v100"].curve_batches and not DEVICES["v100"].half_batch  # NVIDIA's table
+    assert DEVICES["knl"].half_batch == pytest.approx(11.65, abs=0.01)       # the FP32 fit, borrowed
+    assert DEVICES["tpu-v3"].half_batch == pytest.approx(58.4, abs=0.1)      # the mixed-precision fit
     for name in ("ethernet-10g", "ethernet-25g", "ethernet-50g", "ethernet-100g", "ib-fdr", "ib-edr",
                  "ib-hdr", "ib-ndr", "omnipath-100g", "tpu-ici"):
         assert NETWORKS[name].bandwidth > 0 and NETWORKS[name].latency > 0
@@ -143,3 +160,83 @@ def test_presets_cover_the_issue_names_and_are_sane():
     rates = [NETWORKS[n].bandwidth for n in ("ethernet-10g", "ethernet-25g", "ethernet-50g", "ethernet-100g")]
     assert rates == sorted(rates)
     assert NETWORKS["ib-fdr"].bandwidth < NETWORKS["ib-edr"].bandwidth < NETWORKS["ib-hdr"].bandwidth < NETWORKS["ib-ndr"].bandwidth
+
+
+# --- the rate curve and the input pipeline ---------------------------------------------------
+
+TABLE = dataclasses.replace(DEVICE, reference_batch=64, curve_batches=(8, 16, 32, 64),
+                            curve_images_per_second=(200.0, 320.0, 400.0, 500.0))
+
+
+def test_one_processor_takes_images_over_the_rate_at_its_batch():
+    # R(b) = 1000 x table(b) / table(64): 1000 at 64, 640 at 16, 400 at 8 images per iteration.
+    for batch, rate in ((64, 1000.0), (16, 640.0), (8, 400.0)):
+        plan = plan_time(setup(device=TABLE), batch_size=batch, processors=1)
+        assert plan.images_per_second == pytest.approx(rate)
+        assert plan.total_s == pytest.approx(2 * 64_000 / rate)
+        assert plan.total_s == pytest.approx(2 * 64_000 / setup(device=TABLE).rate(batch))
+    # The saturating form: R(b) = R(64) (b / (b + 16)) / (64 / 80).
+    curved = dataclasses.replace(DEVICE, reference_batch=64, half_batch=16.0)
+    plan = plan_time(setup(device=curved), batch_size=16, processors=1)
+    assert plan.images_per_second == pytest.approx(1000 * 0.5 / 0.8)
+    assert plan.total_s == pytest.approx(2 * 64_000 / (1000 * 0.5 / 0.8))
+
+
+def test_overrides_of_the_curve():
+    assert setup(device=TABLE, half_batch=0.0).rate(8) == pytest.approx(1000)       # constant
+    assert setup(device=TABLE, half_batch=8.0).rate(8) == pytest.approx(1000 * 0.5 / (64 / 72))
+    assert setup(device=TABLE, images_per_second=42.0).rate(8) == 42.0              # any batch
+
+
+def test_v100_rate_falls_at_small_per_gpu_batch():
+    from largebatch.plan import model_cost
+    v100 = Setup(model=model_cost("resnet50"), device=DEVICES["v100"], network=NETWORKS["ib-edr"])
+    at_32, at_256 = plan_time(v100, 32 * 1024, 1024), plan_time(v100, 256 * 1024, 1024)
+    assert at_256.images_per_second == pytest.approx(1200)
+    # NVIDIA's table: 2,146 / 3,382 images/s at 32 / 256, so 1,200 x 0.635 at 32.
+    assert at_32.images_per_second == pytest.approx(1200 * 2146 / 3382)
+    assert "DeepLearningExamples" in at_32.curve_source
+
+
+PIPELINE = dataclasses.replace(DEVICE, devices_per_node=4, cores_per_node=8, decode_images_per_second=100.0,
+                               intra_bandwidth=1e30, intra_latency=0.0)  # communication free in the node
+
+
+def test_input_pipeline_on_other_cores_bounds_the_iteration():
+    free = Network("free", "", bandwidth=1e30, latency=0.0)
+    # 8 cores x 100 images/s shared by 4 processors: 200 images/s each; compute 1000 images/s.
+    plan = plan_time(setup(device=PIPELINE, network=free), batch_size=400, processors=4)
+    assert plan.input_images_per_second == pytest.approx(200)
+    assert plan.compute_s_per_iter == pytest.approx(0.1)
+    assert plan.input_s_per_iter == pytest.approx(0.5)
+    assert plan.iter_s == pytest.approx(0.5)            # the slower of the two, in parallel
+    assert plan.bound == "input" and "input-bound" in plan.explanation
+    # Enough cores: compute-bound again, the pipeline hidden.
+    plan = plan_time(setup(device=PIPELINE, network=free, cores_per_node=80), batch_size=400, processors=4)
+    assert plan.iter_s == pytest.approx(0.1) and plan.bound == "compute"
+
+
+def test_input_pipeline_on_the_same_cores_adds_to_the_iteration():
+    free = Network("free", "", bandwidth=1e30, latency=0.0)
+    same = dataclasses.replace(PIPELINE, decoder="same-cores", cores_per_node=80)
+    plan = plan_time(setup(device=same, network=free), batch_size=400, processors=4)
+    # 80 cores x 100 / 4 = 2,000 images/s: 50 ms of decoding added to 100 ms of compute.
+    assert plan.input_s_per_iter == pytest.approx(0.05)
+    assert plan.iter_s == pytest.approx(0.15)
+    assert plan.bound == "compute"
+    # One processor, no communication: images x epochs x (1/R + 1/R_in).
+    single = plan_time(setup(device=same, network=free), batch_size=100, processors=1)
+    assert single.total_s == pytest.approx(2 * 64_000 * (1 / 1000 + 1 / 8000))
+
+
+def test_gpu_decoding_and_in_memory_data_add_nothing():
+    free = Network("free", "", bandwidth=1e30, latency=0.0)
+    for decoder in ("gpu", "none"):
+        plan = plan_time(setup(device=PIPELINE, network=free, decoder=decoder), batch_size=400, processors=4)
+        assert plan.input_s_per_iter == 0 and plan.iter_s == pytest.approx(0.1)
+    # Small inputs (MNIST/CIFAR-sized) are held in memory: no decoding by default.
+    small = ModelCost("tiny", macs=1e9, params=10_000_000, input_size=28)
+    plan = plan_time(setup(device=PIPELINE, network=free, model=small), batch_size=400, processors=4)
+    assert plan.decoder == "none" and plan.input_s_per_iter == 0
+    with pytest.raises(ConfigError, match="--decoder"):
+        plan_time(setup(device=PIPELINE, decoder="carrier-pigeon"), batch_size=400, processors=4)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from largebatch import checkpoint
-from largebatch.progress import read_metrics
+from largebatch.progress import epoch_records, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,7 @@ def test_worker_killed_mid_step_restarts_group_which_resumes_and_finishes(tmp_pa
     resumed = [line for line in text.splitlines() if "resumed from step" in line]
     assert len(resumed) == 1, text[-4000:]
     assert int(resumed[0].split("resumed from step ")[1].split()[0]) >= killed
-    assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["epoch"] for r in epoch_records(read_metrics(out / "metrics.jsonl"))] == [1, 2, 3]
     expected, got = final_weights(reference), final_weights(out)
     for key, value in expected.items():
         assert torch.equal(value, got[key]), key

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-EXCLUSION_RULES = ("none", "1d", "bn_bias", "bn")
+from largebatch.config import EXCLUSION_RULES
+
 
 NORMALIZATION_LAYERS: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,

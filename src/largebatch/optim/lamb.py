@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from largebatch.optim.multi_tensor import chunks, concatenate, summary
+from largebatch.optim.layerwise import LayerwiseOptimizer
+from largebatch.optim.multi_tensor import chunks
 
 
-class LAMB(Optimizer):
+class LAMB(LayerwiseOptimizer):
     r"""LAMB, per parameter tensor w with gradient g at step t (counted from 1):
 
         m <- beta1 * m + (1 - beta1) * g            v <- beta2 * v + (1 - beta2) * g^2
@@ -37,24 +37,11 @@ class LAMB(Optimizer):
                  foreach: bool = True):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         trust_ratio_min=trust_ratio_min, trust_ratio_max=trust_ratio_max, adapt=adapt)
-        self.foreach = foreach
-        self._trust_ratios: list[Tensor] = []
-        # Per parameter, room for the update r: kept between steps and not saved, because
-        # allocating model-sized memory every step costs more than the arithmetic on a CPU.
-        self._workspace: dict[Tensor, Tensor] = {}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, foreach)  # workspaces hold the update r
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        _check_group(self.param_groups[-1])
-
-    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle keep the implementation
-        return {**super().__getstate__(), "foreach": self.foreach}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("foreach", True)
-        self._trust_ratios, self._workspace = [], {}
+    @staticmethod
+    def check_group(group: dict[str, Any]) -> None:
+        _check_group(group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -81,9 +68,7 @@ class LAMB(Optimizer):
                 params, grads, exp_avgs, exp_avg_sqs, steps, workspace = by_device.setdefault(
                     p.device, ([], [], [], [], [], []))
                 if self.foreach:
-                    if p not in self._workspace:
-                        self._workspace[p] = torch.empty_like(p, memory_format=torch.preserve_format)
-                    workspace.append(self._workspace[p])
+                    workspace.append(self.workspace(p))
                 params.append(p)
                 grads.append(p.grad)
                 exp_avgs.append(state["exp_avg"])
@@ -99,15 +84,6 @@ class LAMB(Optimizer):
                 if group["adapt"]:
                     self._trust_ratios.append(ratios)
         return loss
-
-    def trust_ratios(self) -> Tensor | None:
-        """The last step's trust ratio of every adapted tensor that had a gradient (1-D, on the
-        device); None before the first step."""
-        return concatenate(self._trust_ratios)
-
-    def trust_ratio_summary(self) -> Tensor | None:
-        """[min, median, max] of :meth:`trust_ratios` on the device; None when there is none."""
-        return summary(self.trust_ratios())
 
 
 def _check_group(group: dict[str, Any]) -> None:

@@ -15,15 +15,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from largebatch.optim.multi_tensor import chunks, concatenate, summary
-
-TRUST_DENOMINATORS = ("sum_of_norms", "norm_of_sum")
-ZERO_NORM_RULES = ("rate_one", "gradient_only")
+from largebatch.config import TRUST_DENOMINATORS, ZERO_NORM_RULES
+from largebatch.optim.layerwise import LayerwiseOptimizer
+from largebatch.optim.multi_tensor import chunks
 
 
-class LARS(Optimizer):
+
+class LARS(LayerwiseOptimizer):
     r"""LARS as published, and its common variants as switches.
 
     Per parameter tensor w with gradient g, global learning rate lr (gamma_t in the paper),
@@ -77,27 +76,18 @@ class LARS(Optimizer):
                         trust_denominator=trust_denominator, lr_in_velocity=lr_in_velocity,
                         trust_ratio_min=trust_ratio_min, trust_ratio_max=trust_ratio_max, adapt=adapt,
                         zero_norm=zero_norm)
-        self.foreach = foreach
-        self._trust_ratios: list[Tensor] = []
-        # Per parameter, room for g + beta * w in the variants that need it as a tensor of its own
-        # (norm_of_sum, Nesterov, no momentum): kept between steps, not saved, because allocating
-        # model-sized memory every step costs more than the arithmetic on a CPU.
-        self._workspace: dict[Tensor, Tensor] = {}
-        super().__init__(params, defaults)
+        # Workspaces hold g + beta * w in the variants that need it as a tensor of its own
+        # (norm_of_sum, Nesterov, no momentum).
+        super().__init__(params, defaults, foreach)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        _check_group(self.param_groups[-1])
-
-    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle keep the implementation
-        return {**super().__getstate__(), "foreach": self.foreach}
+    @staticmethod
+    def check_group(group: dict[str, Any]) -> None:
+        _check_group(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("foreach", True)
         for group in self.param_groups:  # groups saved before the switch existed
             group.setdefault("zero_norm", "rate_one")
-        self._trust_ratios, self._workspace = [], {}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -134,25 +124,13 @@ class LARS(Optimizer):
             params.append(p)
             grads.append(p.grad)
             if needs_workspace:
-                if p not in self._workspace:
-                    self._workspace[p] = torch.empty_like(p, memory_format=torch.preserve_format)
-                workspace.append(self._workspace[p])
+                workspace.append(self.workspace(p))
             if group["momentum"] != 0:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buffers.append(state["momentum_buffer"])
         return list(by_device.values())
-
-    def trust_ratios(self) -> Tensor | None:
-        """The last step's local_lr of every adapted tensor that had a gradient, as one 1-D tensor
-        on the first parameter's device (no copy to the host); None before the first step."""
-        return concatenate(self._trust_ratios)
-
-    def trust_ratio_summary(self) -> Tensor | None:
-        """[min, median, max] of :meth:`trust_ratios` as a 3-element tensor on the device (the
-        median is the lower one for an even count); None when there is nothing to summarise."""
-        return summary(self.trust_ratios())
 
 
 def _options(group: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import re
 from largebatch.errors import ConfigError
 from largebatch.plan.estimate import (ALLREDUCE_CHOICES, IMAGENET_TRAIN_IMAGES, Plan, Setup, duration,
                                       model_cost, plan_time)
+from largebatch.plan.input_pipeline import DECODERS
+from largebatch.plan.overlap import MiB
 from largebatch.plan.presets import DEVICES, NETWORKS, get_device, get_network, load_preset_file
 
 GRADIENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -37,13 +39,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allreduce", default="best", choices=ALLREDUCE_CHOICES,
                         help="all-reduce algorithm; best: the fastest of the three (default: best)")
     parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=False,
-                        help="overlap the all-reduce with the backward pass (default: off)")
+                        help="overlap the all-reduce with the backward pass in gradient buckets, as "
+                             "DistributedDataParallel does (default: off)")
+    parser.add_argument("--bucket-mb", type=float, default=25.0, metavar="MIB",
+                        help="gradient bucket size for --overlap, MiB (default: 25, DDP's bucket_cap_mb)")
     parser.add_argument("--gradient-precision", default="fp32", choices=tuple(GRADIENT_BYTES),
                         help="precision of the gradients on the wire (default: fp32)")
     parser.add_argument("--images-per-second", type=float, default=None, metavar="R",
                         help="override: training images/s of one processor for this model")
     parser.add_argument("--efficiency", type=float, default=None, metavar="X",
                         help="override: achieved FLOP/s as a fraction of the device's peak")
+    parser.add_argument("--half-batch", type=float, default=None, metavar="B",
+                        help="override the device's rate curve with R(b) = R_max b / (b + B), anchored at the "
+                             "device's reference batch; 0: a constant rate")
+    parser.add_argument("--decoder", default=None, choices=DECODERS,
+                        help="where images are decoded: other-cores (loader processes beside the "
+                             "processors), same-cores (the CPU that trains), gpu (not a separate term), none "
+                             "(in-memory data) (default: the device's; none for inputs of 32 pixels or less)")
+    parser.add_argument("--cores-per-node", type=int, default=None, metavar="N",
+                        help="CPU cores per node for the input pipeline (default: the device's)")
+    parser.add_argument("--decode-rate", type=float, default=None, metavar="R",
+                        help="training images one core decodes and augments per second (default: the device's)")
     parser.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
                         help="a table over processors=... or batch=... (the other held fixed); "
                              "A..B doubles from A to B, e.g. processors=64..4096")
@@ -119,14 +135,21 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
         network = get_network(device.network)
     for flag, value in (("--epochs", args.epochs), ("--images", args.images), ("--links-per-node", args.links_per_node),
                         ("--devices-per-node", args.devices_per_node), ("--images-per-second", args.images_per_second),
-                        ("--efficiency", args.efficiency)):
+                        ("--efficiency", args.efficiency), ("--bucket-mb", args.bucket_mb),
+                        ("--cores-per-node", args.cores_per_node), ("--decode-rate", args.decode_rate)):
         if value is not None and not value > 0:
             raise ConfigError(f"{flag}: expected a number > 0, got {value}")
+    if args.half_batch is not None and not args.half_batch >= 0:
+        raise ConfigError(f"--half-batch: expected a number >= 0, got {args.half_batch}")
+    if args.half_batch is not None and not device.reference_batch:
+        raise ConfigError(f"--half-batch: device '{device.name}' has no reference batch to anchor the curve at")
     return Setup(model=model_cost(args.model), device=device, network=network, epochs=args.epochs,
                  images=args.images, allreduce=args.allreduce, overlap=args.overlap,
+                 bucket_bytes=args.bucket_mb * MiB,
                  gradient_bytes=GRADIENT_BYTES[args.gradient_precision], links_per_node=args.links_per_node,
                  devices_per_node=args.devices_per_node, images_per_second=args.images_per_second,
-                 efficiency=args.efficiency)
+                 efficiency=args.efficiency, half_batch=args.half_batch, decoder=args.decoder,
+                 cores_per_node=args.cores_per_node, decode_images_per_second=args.decode_rate)
 
 
 def format_plan(plan: Plan, setup: Setup) -> str:
@@ -134,22 +157,46 @@ def format_plan(plan: Plan, setup: Setup) -> str:
     device, network = setup.device, setup.network
     links = setup.links()
     per_node = max(1, min(links.devices_per_node, plan.processors))
+    b = plan.per_processor_batch
+    if plan.reference_batch and not setup.images_per_second:
+        curve = (f"R({b:g}) = {plan.images_per_second:,.1f} = {plan.images_per_second / plan.reference_images_per_second:.2f}"
+                 f" x R({plan.reference_batch:g}); {plan.curve_source}")
+    else:
+        curve = plan.curve_source
+    if plan.decoder == "gpu":
+        input_text = "decoded on the accelerator: not a separate term (inside the measured rate)"
+    elif plan.decoder == "none":
+        input_text = ("none: the data set is held in memory (the default for inputs of 32 pixels or less; "
+                      "--decoder to change)")
+    elif plan.input_s_per_iter == 0:
+        input_text = "not modelled (no cores or decode rate in the preset)"
+    else:
+        where = "the same cores that train" if plan.decoder == "same-cores" else "other cores, in parallel"
+        input_text = (f"{setup.input_cores()} cores per node x {setup.input_decode_rate():,.0f} images/s, on {where}: "
+                      f"{plan.input_images_per_second:,.0f} images/s per processor ({device.input_source})")
     lines = [
         f"plan: {plan.model}, batch {plan.batch_size:,} on {plan.processors:,} x {device.name} "
         f"({plan.nodes:,} node{'s' if plan.nodes > 1 else ''} of {per_node}), {network.name} "
         f"x{setup.links_per_node or device.links_per_node} per node",
         f"  model       {setup.model.macs / 1e9:.3g} GMACs/image, {setup.model.params / 1e6:.3g}M parameters: "
         f"{plan.gradient_bytes / 1e6:.3g} MB of gradients per all-reduce",
-        f"  device      {plan.images_per_second:,.1f} images/s per processor ({setup.rate_source()})",
+        f"  device      {plan.images_per_second:,.1f} images/s per processor at {b:g} per processor "
+        f"({plan.reference_images_per_second:,.1f} at the reference batch: {setup.rate_source()})",
+        f"  curve       {curve}",
+        f"  input       {input_text}",
         f"  network     {network.bandwidth * 8 / 1e9:.3g} Gb/s per link, {network.latency * 1e6:.3g} us per step; "
         f"in-node {device.intra_bandwidth / 1e9:.3g} GB/s",
-        f"  per iteration ({plan.per_processor_batch:g} images per processor)",
+        f"  per iteration ({b:g} images per processor)",
         f"    {'compute':<24}{duration(plan.compute_s_per_iter):>9}",
     ]
     for name, seconds in plan.allreduce_s.items():
         marker = "  <- used" if name == plan.allreduce else ""
         lines.append(f"    {'all-reduce ' + name:<24}{duration(seconds):>9}{marker}")
-    overlap_text = f"on, {duration(plan.exposed_comm_s_per_iter)} left exposed" if plan.overlap else "off"
+    overlap_text = (f"on, {setup.bucket_bytes / 2 ** 20:g} MiB buckets, {duration(plan.exposed_comm_s_per_iter)} left exposed"
+                    if plan.overlap else "off")
+    if plan.input_s_per_iter:
+        relation = "added" if plan.decoder == "same-cores" else "in parallel"
+        lines.append(f"    {'input pipeline':<24}{duration(plan.input_s_per_iter):>9}  ({relation})")
     lines += [
         f"    {'overlap':<24}{overlap_text:>9}",
         f"    {'iteration':<24}{duration(plan.iter_s):>9}",
@@ -163,11 +210,12 @@ def format_plan(plan: Plan, setup: Setup) -> str:
 
 
 def format_table(plans: list[Plan]) -> str:
-    header = (f"{'processors':>10} {'batch':>7} {'per proc':>8} {'compute':>9} {'all-reduce':>10} "
+    header = (f"{'processors':>10} {'batch':>7} {'per proc':>8} {'img/s/proc':>10} {'compute':>9} {'all-reduce':>10} "
               f"{'iteration':>10} {'epoch':>9} {'total':>9} {'effic.':>6}  bound")
     lines = [header]
     for plan in plans:
         lines.append(f"{plan.processors:>10,} {plan.batch_size:>7,} {plan.per_processor_batch:>8g} "
+                     f"{plan.images_per_second:>10,.0f} "
                      f"{duration(plan.compute_s_per_iter):>9} {duration(plan.comm_s_per_iter):>10} "
                      f"{duration(plan.iter_s):>10} {duration(plan.epoch_s):>9} {duration(plan.total_s):>9} "
                      f"{plan.efficiency:>6.0%}  {plan.bound} ({plan.allreduce})")
@@ -176,15 +224,25 @@ def format_table(plans: list[Plan]) -> str:
 
 def format_presets() -> str:
     lines = [f"{'device':<14} {'peak TFLOP/s':>12} {'precision':<12} {'memory':>7} {'per node':>8}  "
-             f"{'network':<14} training rate"]
+             f"{'network':<14} {'training rate':<32} {'curve':<22} input"]
     for device in DEVICES.values():
         if device.reference_images_per_second:
             rate = f"{device.reference_images_per_second:,.0f} img/s {device.reference_model}"
         else:
             rate = f"assumed {device.efficiency:.0%} of peak"
+        if device.reference_batch:
+            rate += f" at {device.reference_batch:g}"
+        if device.curve_batches:
+            curve = f"table, b = {device.curve_batches[0]:g}..{device.curve_batches[-1]:g}"
+        elif device.half_batch:
+            curve = f"b_half = {device.half_batch:.1f}"
+        else:
+            curve = "constant"
+        decode = (f"{device.cores_per_node} cores x {device.decode_images_per_second:,.0f}/s, {device.decoder}"
+                  if device.cores_per_node and device.decode_images_per_second else device.decoder)
         lines.append(f"{device.name:<14} {device.peak_flops / 1e12:>12.2f} {device.precision.split(' ')[0]:<12} "
                      f"{device.memory_bytes / 1e9:>5.0f}GB {device.devices_per_node:>8}  "
-                     f"{device.network + ' x' + str(device.links_per_node):<14} {rate}")
+                     f"{device.network + ' x' + str(device.links_per_node):<14} {rate:<32} {curve:<22} {decode}")
     lines += ["", f"{'network':<14} {'Gb/s':>6} {'latency':>8}  description"]
     for network in NETWORKS.values():
         lines.append(f"{network.name:<14} {network.bandwidth * 8 / 1e9:>6.1f} {network.latency * 1e6:>6.1f}us  "
@@ -193,12 +251,34 @@ def format_presets() -> str:
 
 
 def format_validation(rows: list[dict]) -> str:
-    lines = [f"{'run':<36} {'hardware':<30} {'batch':>6} {'epochs':>6} {'published':>10} {'predicted':>10} "
-             f"{'ratio':>6}  bound"]
+    """The records table: predicted / published time (and throughput where published), the kind."""
+    from largebatch.plan.records import TARGET_RATIO
+    lines = [f"{'run':<36} {'hardware':<30} {'batch':>6} {'/proc':>5} {'epochs':>6} {'published':>10} "
+             f"{'predicted':>10} {'ratio':>6}  {'kind':<11} bound"]
     for row in rows:
-        lines.append(f"{row['run']:<36} {row['hardware']:<30} {row['batch_size']:>6,} {row['epochs']:>6g} "
+        flag = "" if row["kind"] == "calibration" or row["within_target"] else " *"
+        lines.append(f"{row['run']:<36} {row['hardware']:<30} {row['batch_size']:>6,} "
+                     f"{row['per_processor_batch']:>5g} {row['epochs']:>6g} "
                      f"{duration(row['published_s']):>10} {duration(row['predicted_s']):>10} "
-                     f"{row['ratio']:>6.2f}  {row['bound']}")
+                     f"{row['ratio']:>6.2f}{flag:<2}{row['kind']:<11} {row['bound']} ({row['efficiency']:.0%})")
+    lines.append("")
+    for row in rows:
+        if row["published_images_per_second"]:
+            ratio = row["predicted_images_per_second"] / row["published_images_per_second"]
+            lines.append(f"throughput, {row['run']}: predicted {row['predicted_images_per_second'] / 1e6:.2f}M "
+                         f"images/s, published {row['published_images_per_second'] / 1e6:.2f}M "
+                         f"(predicted / published {ratio:.2f}"
+                         f"{'' if 1 / TARGET_RATIO <= ratio <= TARGET_RATIO else f', outside {TARGET_RATIO:g}x'})")
+    for row in rows:
+        if row["calibration"]:
+            lines.append(f"calibration, {row['run']}: {row['calibration']}")
+    validation = [row for row in rows if row["kind"] == "validation"]
+    outside = [row["run"] for row in validation if not row["within_target"]]
+    lines.append(f"validation records within {TARGET_RATIO:g}x of the published time: "
+                 f"{len(validation) - len(outside)} of {len(validation)}"
+                 + (f"; outside (*): {'; '.join(outside)}" if outside else ""))
+    lines.append("ratio = predicted / published time (above 1: predicted slower); "
+                 "details and assumptions per record: --validate --json, docs/planner.md")
     return "\n".join(lines)
 
 

@@ -80,9 +80,9 @@ def time_to_target(setup: Setup, model: StepsModel, batch_size: int, processors:
 
 
 def default_min_per_processor(setup: Setup) -> float:
-    """The smallest per-processor batch the hardware model is trusted at: a quarter of the batch the
-    device's rate was measured at (below it ``plan_time`` warns that the prediction is optimistic),
-    else one image."""
+    """The smallest per-processor batch on the grid by default: a quarter of the batch the device's
+    rate was measured at (further below, the rate rests on the curve's smallest points or on a
+    borrowed b_half, and without a curve ``plan_time`` warns that it is optimistic), else one image."""
     reference = setup.device.reference_batch
     if reference and not setup.images_per_second:
         return reference / 4
