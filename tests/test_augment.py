@@ -350,7 +350,7 @@ def test_mini_augmentation_study_runs_and_its_report_parses(tiny_data, tmp_path,
     assert gain_table[0] == "| batch | none | minimal | strong |"
     by_batch = {int(line.split("|")[1]): [c.strip() for c in line.split("|")[2:-1]] for line in gain_table[2:]}
     assert set(by_batch) == {64, 256}
-    from largebatch.report import augmentation_gains
+    from largebatch.study.report import augmentation_gains
     gains = {(g["batch_size"], g["augmentation"]): g for g in augmentation_gains(rows)}
     for batch_size, cells in by_batch.items():
         assert cells[0] == "reference"  # none over none

@@ -65,30 +65,44 @@ def test_fit_recovers_within_five_percent_with_noise(seed):
 
 
 def test_fit_says_when_the_critical_batch_lies_outside_the_measurements():
-    # perfect scaling (S = E_min / B) over the measured range: B_crit far above the largest batch
-    perfect = fit_tradeoff([128, 256, 512], [E_MIN / b for b in (128, 256, 512)])
-    assert perfect.critical_batch > 4 * 512 and any("beyond" in n for n in perfect.notes)
-    # no scaling at all (S constant): B_crit far below the smallest batch
-    flat = fit_tradeoff([1024, 2048, 4096], [500.0, 500.0, 500.0])
-    assert flat.critical_batch < 1024 / 4 and any("below" in n for n in flat.notes)
+    # nearly perfect scaling over the measured range: B_crit far above the largest batch
+    nearly = fit_tradeoff([128, 256, 512], [S_MIN / 10 + E_MIN / b for b in (128, 256, 512)])
+    assert nearly.critical_batch > 4 * 512 and any("beyond" in n for n in nearly.notes)
+    # hardly any scaling: B_crit far below the smallest batch
+    hardly = fit_tradeoff([1024, 2048, 4096], [500.0 + 2e4 / b for b in (1024, 2048, 4096)])
+    assert hardly.critical_batch < 1024 / 4 and any("below" in n for n in hardly.notes)
     with pytest.raises(UserError, match="two batch sizes"):
         fit_tradeoff([1024, 1024], [500.0, 510.0])
+
+
+def test_a_fit_whose_s_min_or_e_min_vanishes_is_refused():
+    # perfect scaling (S = E_min / B), as when every run reaches the target at its first evaluation:
+    # the least-squares S_min is 0 and B_crit unbounded (it printed B_crit = 16,966,264,646 before)
+    with pytest.raises(UserError, match=r"S_min at .* effectively 0 .*: the steps fall as 1/B") as error:
+        fit_tradeoff([128, 256, 512], [E_MIN / b for b in (128, 256, 512)])
+    assert "\n" not in str(error.value)
+    # no scaling at all (S constant): E_min is 0
+    with pytest.raises(UserError, match="E_min at .* effectively 0: the steps do not fall"):
+        fit_tradeoff([1024, 2048, 4096], [500.0, 500.0, 500.0])
 
 
 # --- a synthetic study directory ---------------------------------------------------------------
 
 def write_run(directory: Path, variant: str, batch: int, crossing_step: float, seed: int = 0,
               complete: bool = True, noise: list[float | None] | None = None, epochs: int = 0,
-              images: int = 60000) -> Path:
-    """A run whose top-1 rises linearly in steps and crosses 0.90 at ``crossing_step`` (by default
-    it trains 3 epochs past that)."""
-    run = directory / f"{variant}-b{batch}-none-s{seed}"
+              images: int = 60000, factor: float | None = None, final_top1: float | None = None,
+              optimizer: str = "") -> Path:
+    """A run whose top-1 rises linearly in steps from 0.80 and crosses 0.90 at ``crossing_step``
+    (by default it trains 3 epochs past that); ``factor``: a run of an LR sweep (``-lr<factor>``);
+    ``final_top1``: its summary's top-1 (default: the last evaluation's)."""
+    run = directory / (f"{variant}-b{batch}-none-s{seed}" + (f"-lr{factor:g}" if factor else ""))
     run.mkdir(parents=True)
     epochs = epochs or min(200, int(crossing_step * batch / images) + 3)
-    (run / "config.toml").write_text(f'[optimizer]\nname = "{variant}"\n\n[data]\naugmentation = "none"\n\n'
-                                     f'[run]\nbatch_size = {batch}\nseed = {seed}\n')
+    (run / "config.toml").write_text(f'[optimizer]\nname = "{optimizer or variant}"\n\n[data]\n'
+                                     f'augmentation = "none"\n\n[run]\nbatch_size = {batch}\nseed = {seed}\n')
     steps_per_epoch = images / batch
     lines = []
+    top1 = None
     for epoch in range(1, epochs + 1):
         step = round(epoch * steps_per_epoch)
         top1 = min(0.99, 0.80 + 0.10 * step / crossing_step)  # 0.90 exactly at crossing_step
@@ -99,7 +113,9 @@ def write_run(directory: Path, variant: str, batch: int, crossing_step: float, s
         lines.append(json.dumps(record))
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if complete:
-        (run / "summary.json").write_text(json.dumps({"global_batch_size": batch, "steps": round(epochs * steps_per_epoch)}))
+        (run / "summary.json").write_text(json.dumps({
+            "global_batch_size": batch, "steps": round(epochs * steps_per_epoch), "epochs": epochs,
+            "top1": final_top1 if final_top1 is not None else top1}))
     return run
 
 
@@ -159,6 +175,102 @@ def test_command_errors_are_one_line(study, tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     assert main(["critical-batch", str(study), "--target-top1", "90"]) == 2
     assert "--target-top1" in capsys.readouterr().err
-    # a target no run reaches: table, no fit, exit status 1
-    assert main(["critical-batch", str(study), "--target-top1", "0.995"]) == 1
-    assert "the fit needs two" in capsys.readouterr().out
+    # a target no run reaches: the table, then one line saying why there is no fit, exit status 2
+    assert main(["critical-batch", str(study), "--target-top1", "0.995"]) == 2
+    captured = capsys.readouterr()
+    assert "not reached in" in captured.out and captured.err.count("\n") == 1
+    assert "the fit needs measured steps at two batch sizes or more (measured at no batch size; never reached at " \
+           "256, 1024, 4096, 16384)" in captured.err
+    assert not (study / "critical_batch.json").exists()
+
+
+# --- the tuned sweep: best-factor runs, bounds, damaged runs, bounds on arguments ----------------
+
+def test_the_best_factor_by_final_top1_stands_for_a_batch_size(tmp_path):
+    study = tmp_path / "tuned"
+    for batch in (1024, 4096):
+        # x1: reaches the target later but ends better; x2: faster to the target, ends worse
+        write_run(study, "sgd_nesterov", batch, formula_steps(batch), factor=1.0, final_top1=0.93, optimizer="sgd")
+        write_run(study, "sgd_nesterov", batch, formula_steps(batch) / 2, factor=2.0, final_top1=0.91,
+                  optimizer="sgd")
+        write_run(study, "sgd_nesterov", batch, formula_steps(batch) / 4, factor=4.0, complete=False,
+                  optimizer="sgd")  # still training: no final top-1, so no part in choosing
+    points = study_points(study, 0.90, "sgd_nesterov")
+    best = steps_by_batch(points)
+    assert best == pytest.approx({1024: formula_steps(1024), 4096: formula_steps(4096)}, rel=0.01)
+    assert {(p.batch_size, p.lr_factor) for p in points if p.used} == {(1024, 1.0), (4096, 1.0)}
+    fastest = steps_by_batch(study_points(study, 0.90, "sgd_nesterov"), "fastest")
+    assert fastest == pytest.approx({1024: formula_steps(1024) / 4, 4096: formula_steps(4096) / 4}, rel=0.01)
+
+
+def test_a_hyphenated_variant_is_never_taken_for_its_prefix(tmp_path):
+    study = tmp_path / "study"
+    for batch in (1024, 4096):
+        write_run(study, "lars", batch, formula_steps(batch))
+        write_run(study, "lars-bias_excluded", batch, 3 * formula_steps(batch), optimizer="lars")
+    lars = study_points(study, 0.90, "lars")
+    assert {p.variant for p in lars} == {"lars"} and len(lars) == 2
+    assert len(study_points(study, 0.90, "lars-bias_excluded")) == 2
+
+
+def test_bounds_are_kept_out_of_the_fit_and_drawn(tmp_path, monkeypatch, capsys):
+    study = tmp_path / "study"
+    for batch in (256, 1024, 4096):
+        write_run(study, "lars", batch, formula_steps(batch))
+    # reached at its first evaluation (an upper bound) and never reached (a lower bound)
+    write_run(study, "lars", 16384, 1.0, epochs=3)
+    write_run(study, "lars", 65536, 1e9, epochs=3)
+    points = study_points(study, 0.90, "lars")
+    kinds = {p.batch_size: p.bound for p in points}
+    assert kinds == {256: "", 1024: "", 4096: "", 16384: "upper", 65536: "lower"}
+    assert set(steps_by_batch(points)) == {256, 1024, 4096}
+    import matplotlib.figure
+    figures = []
+    original = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig) or original(fig, *args, **kwargs))
+    assert main(["critical-batch", str(study), "--target-top1", "0.9"]) == 0
+    legend = [t.get_text() for t in figures[-1].axes[0].get_legend().get_texts()]
+    assert any(t.startswith("upper bound") for t in legend) and any(t.startswith("lower bound") for t in legend)
+    result = json.loads((study / "critical_batch.json").read_text())
+    assert result["fit"]["batch_sizes"] == [256, 1024, 4096]
+
+
+def test_a_damaged_run_is_skipped_with_a_warning_or_refused(study, capsys):
+    (study / "lars-b1024-none-s0" / "metrics.jsonl").write_bytes(b'{"epoch": 1, "step": 5, "top1": 0.5}\n{"ep\n{}\n')
+    assert main(["critical-batch", str(study), "--target-top1", "0.9"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "warning: skipped run" in captured.err and "line 2" in captured.err
+    assert "lars-b1024" not in captured.out
+    assert main(["critical-batch", str(study), "--target-top1", "0.9", "--strict"]) == 2
+    assert "line 2 is not JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target-top1", "0"], "--target-top1: expected a fraction in (0, 1]"),
+    (["--target-top1", "nan"], "--target-top1: expected a fraction in (0, 1]"),
+    (["--target-top1", "inf"], "--target-top1: expected a fraction in (0, 1]"),
+    (["--target-top1", "0.9", "--noise-scale", "inf"], "--noise-scale: expected a finite number > 0"),
+    (["--target-top1", "0.9", "--noise-scale", "nan"], "--noise-scale: expected a finite number > 0"),
+    (["--target-top1", "0.9", "--noise-scale", "0"], "--noise-scale: expected a finite number > 0"),
+    (["--target-top1", "0.9", "--variant", "../x"], "--variant '../x': not a variant name"),
+    (["--target-top1", "ninety"], "argument --target-top1: expected a number"),
+    (["--target-top1", "0.9", "--augmentation", "wild"], "invalid choice: 'wild'"),
+])
+def test_every_argument_is_bounded(study, capsys, argv, message):
+    try:
+        code = main(["critical-batch", str(study), *argv])
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_failure_leaves_the_earlier_outputs_whole(study, tmp_path, capsys):
+    assert main(["critical-batch", str(study), "--target-top1", "0.9"]) == 0
+    before = {name: (study / name).read_bytes() for name in ("critical_batch.json", "critical_batch.png")}
+    damaged = write_run(tmp_path / "noise", "lars", 256, 700, noise=[None, 500.0, 900.0], epochs=3)
+    (damaged / "metrics.jsonl").write_text('{"epoch": 1, "step": 1, "top1": 0.5, "grad_noise_scale": "big"}\n')
+    assert main(["critical-batch", str(study), "--target-top1", "0.85", "--noise-run", str(damaged)]) == 2
+    assert "grad_noise_scale is 'big'" in capsys.readouterr().err
+    assert {name: (study / name).read_bytes() for name in before} == before

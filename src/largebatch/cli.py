@@ -199,18 +199,29 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="", help="study directory (default: the study file's study.out)")
     parser.add_argument("--only", default="", help="run only the runs whose name contains this text (default: all)")
     parser.add_argument("--exclude", default="", help="skip the runs whose name contains this text (default: none)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="settings",
+                        help="set a recipe key on the runs selected (with --only/--exclude), e.g. "
+                             "run.noise_scale=true; repeatable (default: none)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs without training (default: off)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end (default: write it)")
 
 
 def run_study(args: argparse.Namespace) -> int:
     from largebatch.study import load_study, run_study as run
+    from largebatch.study.spec import parse_setting
+    settings = dict(parse_setting(text) for text in args.settings)
     study = load_study(args.study, args.out)
-    run(study, only=args.only, dry_run=args.dry_run, exclude=args.exclude)
+    run(study, only=args.only, dry_run=args.dry_run, exclude=args.exclude, settings=settings)
     if not args.dry_run and not args.no_report:
-        from largebatch.report import find_run_dirs, write_report
+        from largebatch.rundir import RunDirectoryError
+        from largebatch.study.report import write_report
+        from largebatch.study.runs import find_run_dirs
         if find_run_dirs(study.out):
-            print(f"report: {write_report(str(study.out))}")
+            try:
+                print(f"report: {write_report(str(study.out))}")
+            except RunDirectoryError as error:  # another study process is writing it: the runs are done
+                print(f"largebatch: warning: report not written ({error}); write it later with "
+                      f"largebatch report {study.out}", file=sys.stderr)
     return 0
 
 
@@ -220,12 +231,14 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge", action="append", default=[], metavar="RESULTS_JSON",
                         help="also report the runs of an earlier report's results.json whose run directories are not "
                              "in DIRECTORY (runs done elsewhere); repeatable; a run directory wins over a merged row")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop on a damaged run or merged row (default: leave it out with a warning)")
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from largebatch.report import write_report
-    path = write_report(args.directory, args.out, args.merge)
-    print(path.read_text(), end="")
+    from largebatch.study.report import write_report
+    path = write_report(args.directory, args.out, args.merge, strict=args.strict)
+    print(path.read_text(encoding="utf-8"), end="")
     return 0
 
 # --- plan ------------------------------------------------------------------------------------

@@ -13,9 +13,16 @@ fewest examples. The paper predicts B_crit ~ B_noise, the gradient noise scale m
 target (``largebatch.noise_scale``; B_simple estimates it).
 
 ``largebatch critical-batch STUDY_DIR --target-top1 X`` reads a study's run directories (complete or
-still running), finds where each run's test top-1 first reaches X (linear interpolation between
-evaluations, in optimizer steps), fits S_min and E_min by least squares on log S, prints a table and
-writes a plot. Torch-free: matplotlib is imported only to draw.
+still running; each file validated, a damaged run skipped with a warning), finds where each run's
+test top-1 first reaches X (linear interpolation between evaluations, in optimizer steps), takes
+per batch size the runs at the cell's best LR factor (the factor with the best final top-1, as
+``largebatch report`` ranks them; ``--lr-choice fastest``: the fewest steps), fits S_min and E_min
+by least squares on log S, prints a table and writes a plot. Only measured crossings enter the
+fit: a run that reached the target at its first evaluation gives an upper bound on S, one that
+never reached it a lower bound; both are drawn, neither is fitted. A fit that cannot be made
+(fewer than two batch sizes measured, or S_min or E_min indistinguishable from 0) is refused with
+its reason. Matplotlib is imported only to draw, torch only to write the outputs
+(``largebatch.checkpoint.write_atomic``): ``largebatch plan --from-study`` reads a study without either.
 """
 
 from __future__ import annotations
@@ -24,36 +31,39 @@ import argparse
 import json
 import math
 import statistics
-import tomllib
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from largebatch.errors import ConfigError, UserError
+from largebatch.config import AUGMENTATIONS
+from largebatch.errors import ConfigError, DataError, UserError
+from largebatch.progress import read_metrics
+from largebatch.study.names import READABLE_VARIANT
+from largebatch.study.runs import DamagedRun, find_started_run_dirs, read_epochs, read_run
+from largebatch.study.sweep import Result, analyse
+
+# plan.statistical reads a run's records through this name; largebatch.progress.read_metrics is
+# the one reader.
+read_records = read_metrics
+
+LR_CHOICES = ("best", "fastest")
+# A fitted S_min (E_min) below this fraction of the fewest steps (examples) measured is taken as 0:
+# the data then hold no critical batch (B_crit = E_min / S_min would be 1,000 times off the data).
+VANISHING = 1e-3
 
 # --- steps to a target ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Crossing:
-    """Where a run first reached the target: optimizer steps and epochs (interpolated)."""
+    """Where a run first reached the target: optimizer steps and epochs (interpolated).
+    ``upper_bound``: reached at the first evaluation, so no earlier point is known."""
 
     steps: float
     epoch: float
     note: str = ""
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl records; a half-written last line of a running study is skipped."""
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return records
+    upper_bound: bool = False
 
 
 def steps_to_target(records: list[dict[str, Any]], target_top1: float) -> Crossing | None:
@@ -67,7 +77,7 @@ def steps_to_target(records: list[dict[str, Any]], target_top1: float) -> Crossi
         if record["top1"] >= target_top1:
             if previous is None:
                 return Crossing(float(record["step"]), float(record["epoch"]),
-                                "reached at the first evaluation: an upper bound")
+                                "reached at the first evaluation: an upper bound", upper_bound=True)
             fraction = (target_top1 - previous["top1"]) / (record["top1"] - previous["top1"])
             steps = previous["step"] + fraction * (record["step"] - previous["step"])
             epoch = previous["epoch"] + fraction * (record["epoch"] - previous["epoch"])
@@ -81,7 +91,11 @@ def steps_to_target(records: list[dict[str, Any]], target_top1: float) -> Crossi
 
 @dataclass
 class RunPoint:
-    """One run of the study and its crossing of the target (steps None: not reached)."""
+    """One run of the study and its crossing of the target (steps None: not reached).
+
+    ``bound``: "" for a measured crossing, "upper" when the target was reached at the first
+    evaluation (S is at most ``steps``), "lower" when a complete run never reached it (S is more
+    than ``bound_steps``, the steps it ran). Only measured points enter the fit."""
 
     run: str
     variant: str
@@ -95,68 +109,107 @@ class RunPoint:
     epoch: float | None
     note: str = ""
     used: bool = False  # the point that stands for its batch size in the fit
+    top1: float | None = None      # final test top-1 of a complete run
+    diverged: bool = False
+    bound: str = ""
+    bound_steps: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.steps is not None and not self.bound
 
 
-def _lr_factor(name: str) -> float:
-    tail = name.rsplit("-lr", 1)
-    if len(tail) == 2:
-        try:
-            return float(tail[1])
-        except ValueError:
-            pass
-    return 1.0
-
-
-def study_points(study_dir: Path, target_top1: float, variant: str = "lars",
-                 augmentation: str | None = None) -> list[RunPoint]:
+def study_points(study_dir: Path, target_top1: float, variant: str = "lars", augmentation: str | None = None,
+                 strict: bool = False, warnings: list[str] | None = None) -> list[RunPoint]:
     """Every run directory of ``variant`` under ``study_dir`` (config.toml and metrics.jsonl; runs
-    still training count once they have reached the target), with its crossing of the target."""
+    still training count once they have reached the target), with its crossing of the target.
+    A damaged run is left out with a line in ``warnings`` (raised with ``strict``)."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise UserError(f"{study_dir}: not a directory (give a study directory, e.g. runs/study_fashion_mnist)")
-    run_dirs = sorted(p.parent for p in study_dir.rglob("metrics.jsonl") if (p.parent / "config.toml").is_file())
+    run_dirs = find_started_run_dirs(study_dir)
     if not run_dirs:
         raise UserError(f"{study_dir}: no run directories (config.toml with metrics.jsonl) found")
-    points, variants, augmentations = [], set(), set()
+    points, variants = [], set()
     for run_dir in run_dirs:
-        config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
-        run_variant = run_dir.name.split("-b")[0] if "-b" in run_dir.name else config["optimizer"]["name"]
-        run_augmentation = config.get("data", {}).get("augmentation", "none")
-        variants.add(run_variant)
-        augmentations.add(run_augmentation)
-        if run_variant != variant or (augmentation is not None and run_augmentation != augmentation):
+        try:
+            run = read_run(run_dir, need_summary=False)
+        except DamagedRun as error:
+            if strict:
+                raise
+            if warnings is not None:
+                warnings.append(f"skipped run {run_dir}: {error}")
             continue
-        batch = int(config["run"]["batch_size"])
-        crossing = steps_to_target(read_records(run_dir / "metrics.jsonl"), target_top1)
-        complete = (run_dir / "summary.json").is_file()
-        if crossing is None:
-            note = "not reached" if complete else "not reached yet (run incomplete)"
-        else:
-            note = crossing.note
-        points.append(RunPoint(
+        config, summary = run.config, run.summary
+        run_variant = run.variant or config.optimizer.name
+        variants.add(run_variant)
+        if run_variant != variant or (augmentation is not None and config.data.augmentation != augmentation):
+            continue
+        batch = config.run.batch_size
+        crossing = steps_to_target(run.epochs, target_top1)
+        complete = summary is not None
+        point = RunPoint(
             run=str(run_dir.relative_to(study_dir)) if run_dir != study_dir else run_dir.name,
-            variant=run_variant, batch_size=batch, seed=int(config["run"].get("seed", 0)),
-            lr_factor=_lr_factor(run_dir.name), augmentation=run_augmentation, complete=complete,
+            variant=run_variant, batch_size=batch, seed=config.run.seed, lr_factor=run.lr_factor,
+            augmentation=config.data.augmentation, complete=complete,
             steps=crossing.steps if crossing else None,
             examples=crossing.steps * batch if crossing else None,
-            epoch=crossing.epoch if crossing else None, note=note))
+            epoch=crossing.epoch if crossing else None,
+            top1=summary["top1"] if complete else None, diverged=bool(complete and summary["diverged"]))
+        if crossing is None:
+            point.note = "not reached" if complete else "not reached yet (run incomplete)"
+            if point.diverged:
+                point.note = "diverged before reaching it"
+            elif complete:
+                ran = summary["steps"] or max((r["step"] for r in run.epochs), default=0)
+                if ran > 0:
+                    point.bound, point.bound_steps = "lower", float(ran)
+                    point.note = f"not reached in {ran:,} steps: a lower bound"
+        elif crossing.upper_bound:
+            point.bound, point.bound_steps, point.note = "upper", crossing.steps, crossing.note
+        points.append(point)
     if not points:
         raise UserError(f"{study_dir}: no runs of variant '{variant}'"
                         + (f" with augmentation '{augmentation}'" if augmentation else "")
-                        + f" (variants found: {', '.join(sorted(variants))}; choose with --variant)")
+                        + f" (variants found: {', '.join(sorted(variants)) or 'none readable'}; choose with --variant)")
     chosen_augmentations = {p.augmentation for p in points}
     if augmentation is None and len(chosen_augmentations) > 1:
         raise UserError(f"{study_dir}: runs with several augmentation levels ({', '.join(sorted(chosen_augmentations))}); "
                         "choose one with --augmentation")
-    return sorted(points, key=lambda p: (p.batch_size, p.seed, p.lr_factor))
+    return sorted(points, key=lambda p: (p.batch_size, p.lr_factor, p.seed))
 
 
-def steps_by_batch(points: list[RunPoint]) -> dict[int, float]:
-    """One number of steps per batch size: for each seed the best learning-rate factor (fewest
-    steps, the paper's tuned-per-batch assumption), then the mean over seeds. Marks the runs used."""
+def best_factors(points: list[RunPoint]) -> dict[int, float | None]:
+    """Each batch size's best LR factor by final top-1 over its complete runs (the ranking of
+    ``largebatch.study.sweep``: diverged runs last); a batch with one factor: that factor, even
+    while its runs train; None when no factor can be chosen yet (or every factor diverged)."""
+    by_batch: dict[int, list[RunPoint]] = {}
+    for p in points:
+        by_batch.setdefault(p.batch_size, []).append(p)
+    chosen: dict[int, float | None] = {}
+    for batch, mine in by_batch.items():
+        factors = {p.lr_factor for p in mine}
+        if len(factors) == 1:
+            chosen[batch] = factors.pop()
+            continue
+        results = [Result(p.lr_factor, p.seed, p.top1, p.diverged) for p in mine if p.complete]
+        best = analyse(results).best if results else None
+        chosen[batch] = best.lr_factor if best else None
+    return chosen
+
+
+def steps_by_batch(points: list[RunPoint], lr_choice: str = "best") -> dict[int, float]:
+    """One number of steps per batch size, from measured crossings only, and marks the runs used.
+    ``best``: the runs at the batch's best LR factor (:func:`best_factors`), mean over seeds;
+    ``fastest``: for each seed the factor with the fewest steps, then the mean over seeds."""
+    if lr_choice not in LR_CHOICES:
+        raise ValueError(f"lr_choice must be one of {LR_CHOICES}")
+    chosen = best_factors(points) if lr_choice == "best" else {}
     by_batch: dict[int, dict[int, RunPoint]] = {}
     for point in points:
-        if point.steps is None:
+        if not point.measured:
+            continue
+        if lr_choice == "best" and point.lr_factor != chosen.get(point.batch_size):
             continue
         best = by_batch.setdefault(point.batch_size, {}).get(point.seed)
         if best is None or point.steps < best.steps:
@@ -167,6 +220,21 @@ def steps_by_batch(points: list[RunPoint]) -> dict[int, float]:
             point.used = True
         result[batch] = statistics.fmean(p.steps for p in per_seed.values())
     return result
+
+
+def fit_refusal(points: list[RunPoint], by_batch: dict[int, float]) -> str:
+    """Why no fit can be made from these points ('' when two batch sizes or more are measured)."""
+    if len(by_batch) >= 2:
+        return ""
+    upper = sorted({p.batch_size for p in points if p.bound == "upper"})
+    lower = sorted({p.batch_size for p in points if p.bound == "lower"})
+    parts = [f"measured at {', '.join(map(str, by_batch)) or 'no batch size'}"]
+    if upper:
+        parts.append(f"upper bounds only (reached at the first evaluation) at {', '.join(map(str, upper))}")
+    if lower:
+        parts.append(f"never reached at {', '.join(map(str, lower))}")
+    return ("the fit needs measured steps at two batch sizes or more (" + "; ".join(parts)
+            + "): choose a --target-top1 the runs cross between evaluations, or wait for more runs")
 
 
 # --- the fit ------------------------------------------------------------------------------------
@@ -268,9 +336,20 @@ def fit_tradeoff(batch_sizes: list[float], steps: list[float]) -> TradeoffFit:
             break
 
     fit_min_steps, fit_min_examples = math.exp(a), math.exp(c)
+    smallest, largest = pairs[0][0], pairs[-1][0]
+    # The fit works on log S_min and log E_min, so it cannot return 0 or less; the least-squares
+    # optimum at "0" shows as a value many orders of magnitude below the data.
+    if fit_min_steps < VANISHING * min(y):
+        raise UserError(f"no critical batch can be fitted: the fit puts S_min at {fit_min_steps:.3g} steps, effectively "
+                        f"0 (below {VANISHING:g} x the fewest steps measured, {min(y):,.0f}): the steps fall as 1/B "
+                        f"over the whole range measured ({smallest:,.0f} to {largest:,.0f}), so B_crit lies beyond "
+                        "it; measure larger batches")
+    if fit_min_examples < VANISHING * min(b * s for b, s in pairs):
+        raise UserError(f"no critical batch can be fitted: the fit puts E_min at {fit_min_examples:.3g} examples, "
+                        f"effectively 0: the steps do not fall with the batch over the range measured "
+                        f"({smallest:,.0f} to {largest:,.0f}), so B_crit lies below it; measure smaller batches")
     batches = [int(b) if b == int(b) else b for b, _ in pairs]
     fit = TradeoffFit(fit_min_steps, fit_min_examples, math.sqrt(current / len(pairs)), batches)
-    smallest, largest = pairs[0][0], pairs[-1][0]
     if fit.critical_batch > 4 * largest:
         fit.notes.append(f"B_crit {fit.critical_batch:,.0f} is beyond 4x the largest batch measured ({largest:,.0f}): "
                          "steps still fall almost as 1/B there, so S_min and B_crit are extrapolated "
@@ -301,10 +380,20 @@ def noise_scale_from_run(run_dir: str | Path, target_top1: float | None = None) 
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl (give a run directory trained with --noise-scale)")
-    records = read_records(path)
+    try:
+        records = read_epochs(path)
+    except DamagedRun as error:
+        raise DataError(str(error)) from None
     measured = [r for r in records if "grad_noise_scale" in r]
     if not measured:
         raise UserError(f"{path}: no grad_noise_scale in the records (train with --noise-scale)")
+    for record in measured:
+        for key in ("grad_noise_scale", "grad_norm_sq", "grad_norm_sq_stderr"):
+            value = record.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise DataError(f"{path}: epoch {record['epoch']}: {key} is {str(value)[:40]!r}, expected a "
+                                "number or null; the file is damaged")
     resolved = [r for r in measured if r["grad_noise_scale"] is not None and r["grad_noise_scale"] > 0]
     if not resolved:
         raise UserError(f"{path}: every grad_noise_scale is unresolved (the smoothed |G|^2 was never positive); "
@@ -334,15 +423,19 @@ def noise_scale_from_run(run_dir: str | Path, target_top1: float | None = None) 
 def format_report(points: list[RunPoint], fit: TradeoffFit | None, target_top1: float,
                   noise: NoiseReading | None = None) -> str:
     lines = [f"steps and examples to reach top-1 {target_top1:g}",
-             f"{'run':<34} {'batch':>7} {'steps':>9} {'examples':>12} {'epoch':>7} {'fit S(B)':>9}  note"]
+             f"{'run':<38} {'batch':>7} {'LR':>6} {'top-1':>6} {'steps':>9} {'examples':>12} {'epoch':>7} "
+             f"{'fit S(B)':>9}  note"]
     for p in points:
         fitted = f"{fit.steps(p.batch_size):>9,.0f}" if fit else f"{'':>9}"
+        final = "div." if p.diverged else ("-" if p.top1 is None else f"{100 * p.top1:.2f}")
+        head = f"{p.run:<38} {p.batch_size:>7,} {'x' + format(p.lr_factor, 'g'):>6} {final:>6}"
         if p.steps is None:
-            lines.append(f"{p.run:<34} {p.batch_size:>7,} {'-':>9} {'-':>12} {'-':>7} {fitted}  {p.note}")
+            lines.append(f"{head} {'-':>9} {'-':>12} {'-':>7} {fitted}  {p.note}")
         else:
-            note = p.note + ("" if p.used else ("; " if p.note else "") + "not used (a better LR or another seed stands for this batch)")
-            lines.append(f"{p.run:<34} {p.batch_size:>7,} {p.steps:>9,.0f} {p.examples:>12,.0f} {p.epoch:>7.2f} "
-                         f"{fitted}  {note}")
+            note = p.note
+            if p.measured and not p.used:
+                note += ("; " if note else "") + "not used (another LR factor stands for this batch)"
+            lines.append(f"{head} {p.steps:>9,.0f} {p.examples:>12,.0f} {p.epoch:>7.2f} {fitted}  {note}")
     if fit is None:
         return "\n".join(lines)
     lines += ["",
@@ -357,19 +450,26 @@ def format_report(points: list[RunPoint], fit: TradeoffFit | None, target_top1: 
     return "\n".join(lines)
 
 
-def plot_tradeoff(points: list[RunPoint], fit: TradeoffFit, path: Path, target_top1: float,
-                  noise: NoiseReading | None = None, title: str = "") -> None:
-    """Steps against examples (log-log): the measured points labelled by batch size, the fitted
-    curve, its asymptotes S_min and E_min, B_crit (where S = 2 S_min and E = 2 E_min) and the
-    measured noise scale (the fitted curve at B = B_simple, and the line E = B_simple S)."""
+def plot_tradeoff(points: list[RunPoint], fit: TradeoffFit, target_top1: float,
+                  noise: NoiseReading | None = None, title: str = "") -> bytes:
+    """Steps against examples (log-log): the measured points labelled by batch size, the bounds
+    (a run that reached the target at its first evaluation: at most that many steps; a run that
+    never reached it: more steps than it ran), the fitted curve, its asymptotes S_min and E_min,
+    B_crit (where S = 2 S_min and E = 2 E_min) and the measured noise scale (the fitted curve at
+    B = B_simple, and the line E = B_simple S). Returns the PNG."""
+    import io
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    used = [p for p in points if p.steps is not None and p.used]
-    other = [p for p in points if p.steps is not None and not p.used]
-    batches = [p.batch_size for p in used]
+    used = [p for p in points if p.measured and p.used]
+    other = [p for p in points if p.measured and not p.used]
+    chosen = best_factors(points)
+    upper = [p for p in points if p.bound == "upper" and chosen.get(p.batch_size) in (None, p.lr_factor)]
+    lower = [p for p in points if p.bound == "lower" and chosen.get(p.batch_size) in (None, p.lr_factor)]
+    batches = [p.batch_size for p in used + upper + lower]
     low = min(batches + [fit.critical_batch]) / 8
     high = max(batches + [fit.critical_batch]) * 8
     if noise is not None:
@@ -388,8 +488,18 @@ def plot_tradeoff(points: list[RunPoint], fit: TradeoffFit, path: Path, target_t
     if other:
         ax.scatter([p.examples for p in other], [p.steps for p in other], color="C1", alpha=0.35, zorder=3,
                    label="other LRs / not used")
-    for p in used:
-        ax.annotate(f"B={p.batch_size}", (p.examples, p.steps), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if upper:
+        ax.scatter([p.bound_steps * p.batch_size for p in upper], [p.bound_steps for p in upper], marker="v", s=60,
+                   facecolors="none", edgecolors="C4", zorder=3,
+                   label="upper bound: reached at the first evaluation (not fitted)")
+    if lower:
+        ax.scatter([p.bound_steps * p.batch_size for p in lower], [p.bound_steps for p in lower], marker="^", s=60,
+                   facecolors="none", edgecolors="C5", zorder=3,
+                   label="lower bound: never reached in the steps run (not fitted)")
+    for p in used + upper + lower:
+        steps = p.steps if p.measured else p.bound_steps
+        ax.annotate(f"B={p.batch_size}", (steps * p.batch_size, steps), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
     crit = fit.critical_batch
     ax.scatter([fit.examples(crit)], [fit.steps(crit)], marker="*", s=180, color="C2", zorder=4,
                label=f"B_crit = {crit:,.0f} (fit)")
@@ -407,63 +517,96 @@ def plot_tradeoff(points: list[RunPoint], fit: TradeoffFit, path: Path, target_t
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    return buffer.getvalue()
 
 
 # --- command line -------------------------------------------------------------------------------
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study_dir", help="a study directory (runs may still be training)")
-    parser.add_argument("--target-top1", type=float, required=True, metavar="X",
-                        help="test top-1 (0..1) every batch size should reach, e.g. 0.90")
+    parser.add_argument("--target-top1", type=_fraction, required=True, metavar="X",
+                        help="test top-1 in (0, 1] every batch size should reach, e.g. 0.90")
     parser.add_argument("--variant", default="lars", metavar="NAME",
-                        help="which optimizer variant of the study (default: lars)")
-    parser.add_argument("--augmentation", default=None, metavar="LEVEL",
+                        help="which variant of the study (a plain run: its optimizer) (default: lars)")
+    parser.add_argument("--augmentation", default=None, choices=AUGMENTATIONS,
                         help="which augmentation level, when the study has several (default: the only one)")
-    parser.add_argument("--noise-scale", type=float, default=None, metavar="N",
+    parser.add_argument("--lr-choice", default="best", choices=LR_CHOICES,
+                        help="the runs that stand for a batch size when it has several LR factors: best (the "
+                             "factor with the best final top-1, as `report` ranks them) or fastest (the fewest "
+                             "steps to the target, per seed) (default: best)")
+    parser.add_argument("--noise-scale", type=_fraction, default=None, metavar="N",
                         help="a measured gradient noise scale to mark on the plot (default: none)")
     parser.add_argument("--noise-run", default=None, metavar="DIR",
                         help="read the noise scale from this run's metrics.jsonl (trained with --noise-scale)")
     parser.add_argument("--out", default="", metavar="DIR",
                         help="where to write critical_batch.png and critical_batch.json (default: STUDY_DIR)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop on a damaged run (default: leave it out with a warning)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
-def run(args: argparse.Namespace) -> int:
-    if not 0 < args.target_top1 <= 1:
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every number and name of the command within its range, before any file is read."""
+    if not (math.isfinite(args.target_top1) and 0 < args.target_top1 <= 1):
         raise ConfigError(f"--target-top1: expected a fraction in (0, 1], got {args.target_top1}")
     if args.noise_scale is not None and args.noise_run:
         raise ConfigError("give --noise-scale N or --noise-run DIR, not both")
-    if args.noise_scale is not None and not args.noise_scale > 0:
-        raise ConfigError(f"--noise-scale: expected a number > 0, got {args.noise_scale}")
-    points = study_points(Path(args.study_dir), args.target_top1, args.variant, args.augmentation)
-    by_batch = steps_by_batch(points)
-    fit = fit_tradeoff(list(by_batch), list(by_batch.values())) if len(by_batch) >= 2 else None
+    if args.noise_scale is not None and not (math.isfinite(args.noise_scale) and args.noise_scale > 0):
+        raise ConfigError(f"--noise-scale: expected a finite number > 0, got {args.noise_scale}")
+    if not READABLE_VARIANT.fullmatch(args.variant):
+        raise ConfigError(f"--variant {args.variant[:80]!r}: not a variant name (letters, digits, '_', '-', '.')")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    warnings: list[str] = []
+    points = study_points(Path(args.study_dir), args.target_top1, args.variant, args.augmentation,
+                          strict=args.strict, warnings=warnings)
+    for warning in warnings:
+        print(f"largebatch: warning: {warning}", file=sys.stderr)
+    by_batch = steps_by_batch(points, args.lr_choice)
+    refusal = fit_refusal(points, by_batch)
+    if refusal:
+        print(format_report(points, None, args.target_top1))
+        raise UserError(refusal)
+    try:
+        fit = fit_tradeoff(list(by_batch), list(by_batch.values()))
+    except UserError:
+        print(format_report(points, None, args.target_top1))
+        raise
     noise = None
     if args.noise_scale is not None:
         noise = NoiseReading(args.noise_scale, None, "given with --noise-scale")
     elif args.noise_run:
         noise = noise_scale_from_run(args.noise_run, args.target_top1)
-    out = Path(args.out or args.study_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"target_top1": args.target_top1, "variant": args.variant,
+    result = {"target_top1": args.target_top1, "variant": args.variant, "lr_choice": args.lr_choice,
               "points": [asdict(p) for p in points], "steps_by_batch": by_batch,
-              "fit": fit.to_dict() if fit else None,
+              "fit": fit.to_dict(),
               "noise_scale": asdict(noise) if noise else None,
-              "critical_batch_over_noise_scale": fit.critical_batch / noise.value if fit and noise else None}
-    (out / "critical_batch.json").write_text(json.dumps(result, indent=2) + "\n")
-    if fit is not None:
-        plot_tradeoff(points, fit, out / "critical_batch.png", args.target_top1, noise,
-                      title=f"{args.variant}: steps versus examples to top-1 {args.target_top1:g}")
+              "critical_batch_over_noise_scale": fit.critical_batch / noise.value if noise else None,
+              "skipped": warnings}
+    files = {"critical_batch.json": (json.dumps(result, indent=2) + "\n").encode(),
+             "critical_batch.png": plot_tradeoff(points, fit, args.target_top1, noise,
+                                                 title=f"{args.variant}: steps versus examples to top-1 "
+                                                       f"{args.target_top1:g}")}
+    out = Path(args.out or args.study_dir)
+    from largebatch.study.outputs import write_outputs
+    write_outputs(out, files, Path(args.study_dir))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(format_report(points, fit, args.target_top1, noise))
-        if fit is None:
-            print(f"\nonly {len(by_batch)} batch size(s) reached top-1 {args.target_top1:g}: the fit needs two "
-                  "(lower --target-top1, or wait for more runs)")
-        else:
-            print(f"\nwrote {out / 'critical_batch.png'} and {out / 'critical_batch.json'}")
-    return 0 if fit is not None else 1
+        print(f"\nwrote {out / 'critical_batch.png'} and {out / 'critical_batch.json'}")
+    return 0

@@ -169,9 +169,33 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every record of a metrics.jsonl: epoch records and, every ``log_every`` steps, step records."""
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """Every record of a metrics.jsonl: epoch records and, every ``log_every`` steps, step records.
+
+    A last line without its newline that is not valid JSON is a record being written (a run still
+    training, or killed mid-write) and is left out. Any other line that is not a JSON object
+    raises :class:`largebatch.errors.DataError` naming the file and the line."""
+    from largebatch.errors import DataError
+
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}); the file is damaged") from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as error:
+            if number == len(lines):  # unterminated last line: being written
+                break
+            message = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deeply"
+            raise DataError(f"{path}: line {number} is not JSON ({message}); the file is damaged") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {number} is not a JSON object; the file is damaged")
+        records.append(record)
+    return records
 
 
 def epoch_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

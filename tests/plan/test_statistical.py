@@ -105,7 +105,8 @@ def write_run(directory: Path, batch: int, crossing_step: float, noise: float | 
             record.update(grad_noise_scale=noise, grad_norm_sq=1.0, grad_trace_sigma=noise)
         lines.append(json.dumps(record))
     (directory / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    (directory / "summary.json").write_text("{}")
+    (directory / "summary.json").write_text(json.dumps({"global_batch_size": batch, "top1": min(1.0, record["top1"]),
+                                                        "epochs": epoch, "steps": step}))
     return directory
 
 
