@@ -16,7 +16,7 @@ def write_run(directory: Path, name: str, batch: int = 128, top1_by_epoch=((1, 0
               diverged: bool = False, summary: dict | None = None, complete: bool = True) -> Path:
     """A finished run directory ``directory/name``; ``summary`` entries replace the written ones."""
     run = Path(directory) / name
-    run.mkdir(parents=True)
+    run.mkdir(parents=True, exist_ok=True)  # a run trained again over one stopped before its first checkpoint
     config = cfg.load_config("fashion_mnist", {"optimizer.name": optimizer, "optimizer.lr": lr,
                                                "run.batch_size": batch, "run.seed": seed,
                                                "data.augmentation": augmentation,

@@ -257,10 +257,19 @@ def test_a_study_directory_in_use_is_refused(tmp_path, fake_engine):
     assert "another-host" in (study.out / rundir.LOCK_NAME).read_text()  # the owner's lock is left as it was
 
 
-def test_a_run_directory_that_cannot_be_resumed_stops_the_study_naming_it(tmp_path, fake_engine, make_run):
+def test_a_run_stopped_before_its_first_checkpoint_is_trained_again(tmp_path, fake_engine, make_run):
     study = sweep_study(tmp_path)
-    run = make_run(study.out, "up-b4096-none-s0-lr0.5", 4096, complete=False)  # killed before its first checkpoint
-    with pytest.raises(ConfigError, match=f"study run up-b4096-none-s0-lr0.5: .*no checkpoint to resume from.* delete "
+    make_run(study.out, "up-b4096-none-s0-lr0.5", 4096, complete=False)  # killed before its first checkpoint
+    runner.run_study(study, only="up-b4096-none-s0-lr0.5")
+    assert [name for name, _ in fake_engine.trained] == ["up-b4096-none-s0-lr0.5"]
+
+
+def test_a_run_directory_that_holds_something_else_stops_the_study_naming_it(tmp_path, fake_engine):
+    study = sweep_study(tmp_path)
+    run = study.out / "up-b4096-none-s0-lr0.5"
+    run.mkdir(parents=True)
+    (run / "notes.txt").write_text("not a run")
+    with pytest.raises(ConfigError, match=f"study run up-b4096-none-s0-lr0.5: .*holds no run of ours.* delete "
                                           f"{run}"):
         runner.run_study(study)
 
