@@ -113,3 +113,31 @@ def test_second_job_on_a_finished_run_is_refused_by_every_rank_in_one_line(tmp_p
     assert not frames, result.stderr[-3000:]
     assert "gloo" not in result.stderr.lower()
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_dead_peer_is_one_line_on_the_survivor(tmp_path, cli_env):
+    """Two processes started by hand (no torchrun agent to end the survivor): rank 1 is killed
+    mid-run; rank 0's next collective fails, which it reports in one line naming the checkpoints."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    processes = []
+    for rank in (0, 1):
+        env = {**cli_env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "largebatch", "train", "--out", str(out), *COMMON, "--epochs", "40",
+             "--micro-batch-size", "32", "--checkpoint-every-steps", "4"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    deadline = time.time() + 300
+    while time.time() < deadline and not checkpoint.list_checkpoints(out / "checkpoints"):
+        time.sleep(0.1)
+    processes[1].send_signal(signal.SIGKILL)
+    _, err = processes[0].communicate(timeout=300)
+    processes[1].wait(timeout=60)
+    assert processes[0].returncode == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "another process of this job failed" in lines[0] and "--resume auto" in lines[0], err
+    assert checkpoint.list_checkpoints(out / "checkpoints")
