@@ -12,19 +12,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from largebatch import distributed
-from largebatch.data import Normalizer, load_batches
+from largebatch.data import Normalizer, SkippedFiles, load_batches
 from largebatch.data.sampler import shard_indices
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, context: distributed.DistributedContext, normalizer: Normalizer,
-             batch_size: int = 256, workers: int = 0) -> dict[str, float]:
-    """Top-1, top-5 (fractions in [0, 1]) and mean cross-entropy of ``model`` on ``dataset``."""
+             batch_size: int = 256, workers: int = 0, skipped: SkippedFiles | None = None) -> dict[str, float]:
+    """Top-1, top-5 (fractions in [0, 1]) and mean cross-entropy of ``model`` on ``dataset``;
+    unreadable images are left out and added to ``skipped`` (a run's list, warned once per file)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=context.device)  # top1, top5, loss, count
     indices = shard_indices(len(dataset), context.rank, context.world_size)
-    for images, labels in load_batches(dataset, indices.split(batch_size), workers):
+    for images, labels in load_batches(dataset, indices.split(batch_size), workers, skipped=skipped):
         labels = labels.to(context.device, non_blocking=True)
         logits = model(normalizer(images)).float()
         k = min(5, logits.shape[1])
@@ -69,5 +70,6 @@ def evaluate_run(run_dir: str, checkpoint_file: str = "", data_dir: str = "", de
     model = models.build(config.model.name, num_classes=info.num_classes, in_channels=info.channels)
     load_model_state(model, state["model"], str(path))
     model.to(context.device)
-    result = evaluate(model, test_set, context, Normalizer(info.mean, info.std, context.device))
-    return {"checkpoint": str(path), "step": state["step"], **result}
+    skipped = SkippedFiles()
+    result = evaluate(model, test_set, context, Normalizer(info.mean, info.std, context.device), skipped=skipped)
+    return {"checkpoint": str(path), "step": state["step"], **result, "skipped_files": skipped.paths()}

@@ -25,7 +25,7 @@ import torch
 from largebatch import checkpoint, distributed, models
 from largebatch.config import Config, config_to_dict, to_toml
 from largebatch.augment import BatchAugmenter, batch_loss
-from largebatch.data import (ImageFileDataset, Normalizer, build_datasets, clear_skipped, restore_skipped, skipped_files_all_ranks,
+from largebatch.data import (ImageFileDataset, Normalizer, SkippedFiles, build_datasets, skipped_files_all_ranks,
                              training_batches)
 from largebatch.data.sampler import StreamSampler
 from largebatch.data.prefetch import machine_input_settings, prefetch_to_device
@@ -246,7 +246,6 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
     torch.manual_seed(run.seed)
     random.seed(run.seed)
     out = prepare_run_dir(config, context, resume)
-    clear_skipped()
 
     # Data, model, batch plan, LR schedule, optimizer.
     train_set, test_set, info = build_datasets(config.data, seed=run.seed)
@@ -306,7 +305,8 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
         start_step, records, train_time = state["step"], list(state["metrics"]), state["train_time_s"]
         epoch_loss, epoch_steps, epoch_images, epoch_time = state["epoch_accumulators"]
         skipped_steps = state.get("skipped_steps", 0)
-        restore_skipped(state.get("skipped_files", []))
+    skipped_before = state.get("skipped_files", []) if state is not None else []  # counted, not warned again
+    evaluation_skipped = SkippedFiles(skipped_before)  # unreadable test images, over all evaluations of this run
     ddp_model = distributed.wrap_model(model, context)
     monitor = None
     if run.noise_scale:  # before compile and before the first backward (it registers a DDP communication hook)
@@ -336,7 +336,7 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
         progress.message(f"resumed from step {start_step} (epoch {sampler.epoch_at(start_step):.2f})")
 
     def save(step: int) -> None:
-        skipped = skipped_files_all_ranks()  # a collective: every rank calls it
+        skipped = skipped_files_all_ranks(training_stream.skipped + evaluation_skipped.entries())  # a collective
         if context.is_main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                      "rng": rng_state(), "metrics": records, "train_time_s": train_time,
@@ -351,7 +351,7 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
         distributed.broadcast_buffers(model, context)
         with precision.autocast():
             return evaluate(model, test_set, context, normalizer, 2 * batches.micro_batch_size,
-                            workers=config.data.workers)
+                            workers=config.data.workers, skipped=evaluation_skipped)
 
     best_top1, target_reached = max((r.get("top1") or 0.0 for r in records), default=0.0), None
     for r in epoch_records(records):
@@ -361,10 +361,11 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
     step = start_step
     input_settings = machine_input_settings(device.type, workers=config.data.workers,
                                             device_prefetch=config.data.prefetch)
-    data_stream = training_batches(train_set, sampler, start_step, schedule.total_steps, context.rank,
-                                   context.world_size, batches.accumulation_steps, workers=input_settings.workers,
-                                   pin_memory=device.type == "cuda", prefetch_factor=input_settings.loader_prefetch)
-    data_stream = prefetch_to_device(data_stream, device, input_settings.device_prefetch)
+    training_stream = training_batches(train_set, sampler, start_step, schedule.total_steps, context.rank,
+                                       context.world_size, batches.accumulation_steps, workers=input_settings.workers,
+                                       pin_memory=device.type == "cuda", prefetch_factor=input_settings.loader_prefetch,
+                                       skipped=skipped_before)
+    data_stream = prefetch_to_device(training_stream, device, input_settings.device_prefetch)
     with StopRequest() as stop:
         while step < schedule.total_steps:
             # 1. the learning rate of this step, 2. forward and backward over the micro-batches
@@ -454,7 +455,7 @@ def _train(config: Config, context: distributed.DistributedContext, resume: str)
                 return {"stopped_at_step": step}
 
     last = next((r for r in reversed(epoch_records(records)) if r.get("top1") is not None), {})
-    skipped_files = len(skipped_files_all_ranks())
+    skipped_files = len(skipped_files_all_ranks(training_stream.skipped + evaluation_skipped.entries()))
     summary = {
         "top1": last.get("top1"), "top5": last.get("top5"), "best_top1": best_top1,
         "train_time_s": train_time,

@@ -6,8 +6,9 @@ so workers copy 4x fewer bytes and, on a GPU, the arithmetic is free.
 
 In-memory data sets (Fashion-MNIST, MNIST, synthetic) make a batch by indexing a tensor in the
 training process. Image-file data sets (ImageNet) decode in ``workers`` loader processes
-(:mod:`largebatch.data.loader`); files that cannot be read are skipped and counted
-(:func:`skipped_files`).
+(:mod:`largebatch.data.loader`); files that cannot be read are skipped, and the object that
+asked for them keeps the list: ``TrainingStream.skipped`` and ``EvaluationBatches.skipped``
+(:func:`skipped_files_all_ranks` unites them over the processes of a run).
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from dataclasses import dataclass
 import torch
 
 from largebatch.data import idx, imagenet
-from largebatch.data.files import (Batch, ImageFileDataset, clear_skipped, record_skipped, restore_skipped, skipped_files,
-                                  skipped_files_all_ranks)
+from largebatch.data.files import Batch, ImageFileDataset, SkippedEntry, SkippedFiles, skipped_files_all_ranks
 from largebatch.data.loader import file_batches, resolve_workers
 from largebatch.data.transforms import eval_transform, train_transform
 from largebatch.errors import DataError
 
 __all__ = ["DataInfo", "TensorDataset", "SyntheticDataset", "ImageFileDataset", "build_datasets", "load_batches",
-           "training_batches", "TrainingStream", "Normalizer", "skipped_files", "skipped_files_all_ranks", "clear_skipped",
-           "restore_skipped", "resolve_workers"]
+           "EvaluationBatches", "training_batches", "TrainingStream", "Normalizer", "SkippedFiles",
+           "skipped_files_all_ranks", "resolve_workers"]
 
 # Per-channel mean and std of the training images, in [0, 1] units.
 STATS = {
@@ -126,27 +126,55 @@ def build_datasets(data_config, seed: int = 0):
     return train, test, info
 
 
-def load_batches(dataset, index_lists: Iterable[torch.Tensor], workers: int = 0,
-                 pin_memory: bool | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images, labels) for each list of indices, in order (evaluation: no random
+class EvaluationBatches:
+    """(uint8 images, labels) for each list of indices, in order; after (or during) iteration,
+    :attr:`skipped` lists the (path, reason) of the unreadable files this pass left out."""
+
+    def __init__(self, dataset, index_lists: Iterable[torch.Tensor], workers: int = 0, pin_memory: bool | None = None,
+                 skipped: SkippedFiles | None = None):
+        self.dataset, self.index_lists, self.workers, self.pin_memory = dataset, index_lists, workers, pin_memory
+        self.run_skipped = skipped
+        self._skipped = SkippedFiles(warn=skipped is None)
+
+    @property
+    def skipped(self) -> list[SkippedEntry]:
+        return self._skipped.entries()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not isinstance(self.dataset, ImageFileDataset):
+            for indices in self.index_lists:
+                yield self.dataset.batch(indices)
+            return
+        requests = ((indices, None) for indices in self.index_lists)
+        for batch in file_batches(self.dataset, requests, self.workers, self.pin_memory):
+            self._skipped.add(batch.skipped)
+            if self.run_skipped is not None:
+                self.run_skipped.add(batch.skipped)
+            if batch.error:
+                raise DataError(batch.error)
+            if len(batch.labels):
+                yield batch.images, batch.labels
+
+
+def load_batches(dataset, index_lists: Iterable[torch.Tensor], workers: int = 0, pin_memory: bool | None = None,
+                 skipped: SkippedFiles | None = None) -> EvaluationBatches:
+    """(uint8 images, labels) for each list of indices, in order (evaluation: no random
     augmentation). Image files are decoded by ``workers`` processes (-1: automatic); unreadable
-    ones are left out and counted, and a batch left empty is not yielded."""
-    if not isinstance(dataset, ImageFileDataset):
-        for indices in index_lists:
-            yield dataset.batch(indices)
-        return
-    for batch in file_batches(dataset, ((indices, None) for indices in index_lists), workers, pin_memory):
-        record_skipped(batch.skipped)
-        if len(batch.labels):
-            yield batch.images, batch.labels
+    ones are left out, and a batch left empty is not yielded. The returned iterable's
+    ``.skipped`` lists what this pass left out; ``skipped`` (a run's :class:`SkippedFiles`, kept
+    over several passes) also receives them and warns once per file over all passes (without
+    it, each pass warns on its own)."""
+    return EvaluationBatches(dataset, index_lists, workers, pin_memory, skipped)
 
 
 class TrainingStream:
     """The per-step micro-batch stream the training loop consumes (see :func:`training_batches`)."""
 
     def __init__(self, dataset, sampler, start_step: int, total_steps: int, rank: int, world_size: int,
-                 accumulation: int, workers: int = 0, pin_memory: bool | None = None, prefetch_factor: int = 2):
+                 accumulation: int, workers: int = 0, pin_memory: bool | None = None, prefetch_factor: int = 2,
+                 skipped: Iterable[str | SkippedEntry] = ()):
         self.accumulation = accumulation
+        self.skipped_files = SkippedFiles(skipped)
         self.remaining = max(0, total_steps - start_step)
         if isinstance(dataset, ImageFileDataset):
             requests = ((indices, positions)
@@ -169,24 +197,32 @@ class TrainingStream:
         micro_batches = []
         for _ in range(self.accumulation):
             batch = next(self._batches)
-            record_skipped(batch.skipped)
+            self.skipped_files.add(batch.skipped)
             if batch.error:
                 raise DataError(batch.error)
             micro_batches.append((batch.images, batch.labels))
         self.remaining -= 1
         return micro_batches
 
+    @property
+    def skipped(self) -> list[SkippedEntry]:
+        """(path, reason) of every unreadable file this rank's stream met, those restored with
+        ``skipped=`` first; what a checkpoint keeps (after :func:`skipped_files_all_ranks`)."""
+        return self.skipped_files.entries()
+
 
 def training_batches(dataset, sampler, start_step: int, total_steps: int, rank: int, world_size: int,
                      accumulation: int, workers: int = 0, pin_memory: bool | None = None,
-                     prefetch_factor: int = 2) -> TrainingStream:
+                     prefetch_factor: int = 2, skipped: Iterable[str | SkippedEntry] = ()) -> TrainingStream:
     """For each step from ``start_step`` to ``total_steps - 1``: this rank's micro-batches, a list
     of (uint8 images, labels). What a step sees depends on the step alone (exact resume), also
     for augmented image files: each image's random choices come from (seed, stream position).
     Image files are decoded by ``workers`` processes (-1: automatic; in-memory data ignore it);
-    an unreadable file is replaced by the next readable one and counted (:func:`skipped_files`)."""
+    an unreadable file is replaced by the next readable one, warned about once and kept in the
+    stream's ``.skipped``; ``skipped`` (paths, or (path, reason) pairs, from a checkpoint) are the
+    files skipped before a resume, counted again without a second warning."""
     return TrainingStream(dataset, sampler, start_step, total_steps, rank, world_size, accumulation, workers,
-                          pin_memory, prefetch_factor)
+                          pin_memory, prefetch_factor, skipped)
 
 
 class Normalizer:

@@ -8,8 +8,8 @@ Bad files never stop a run. An unreadable or truncated image is *skipped*: in tr
 is filled by the next readable image of the data set (index + 1, + 2, ...), augmented with the
 slot's own random choices, so batch sizes, and what every other slot sees, do not change; in
 evaluation it is left out (each remaining image still counts once). Every batch carries the
-skipped paths back to the training process, which warns once per file and counts them
-(:func:`skipped_files`).
+skipped paths back to the training process, where the stream or evaluation pass that asked for
+the batch keeps them (:class:`SkippedFiles`: one warning per file).
 """
 
 from __future__ import annotations
@@ -109,50 +109,62 @@ class ImageFileDataset:
                                  "unreadable; check the data set")
         return Batch(images[:len(labels)].permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.int64), skipped)
 
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Evaluation-style batch in this process (bad files left out and recorded)."""
+    def batch(self, indices: torch.Tensor, skipped: SkippedFiles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation-style batch in this process: bad files are left out (and added to ``skipped``)."""
         loaded = self.load_batch(indices.tolist())
-        record_skipped(loaded.skipped)
+        if skipped is not None:
+            skipped.add(loaded.skipped)
         return loaded.images, loaded.labels
 
 
 # -------------------------------------------------------------------------------------------
-# Skipped files, counted in the training process
+# Skipped files: owned by the stream or evaluation pass that met them
 
-_skipped: dict[str, str] = {}
-
-
-def record_skipped(entries: Iterable[tuple[str, str]]) -> None:
-    """Count (path, reason) pairs; the first time a path is seen, warn on stderr naming it."""
-    for path, reason in entries:
-        if path not in _skipped:
-            _skipped[path] = reason
-            print(f"largebatch: warning: skipped unreadable image {path} ({reason}); "
-                  f"{len(_skipped)} skipped so far", file=sys.stderr, flush=True)
+SkippedEntry = tuple[str, str]  # (path, reason)
 
 
-def skipped_files() -> list[str]:
-    """Paths of the distinct files skipped so far by this process (training and evaluation)."""
-    return sorted(_skipped)
+class SkippedFiles:
+    """The distinct unreadable files one process met, in the order met, as (path, reason).
+
+    The first time a path is added, one line on stderr names it (``warn``); paths restored from
+    a checkpoint (``restored``: paths or (path, reason) pairs) count without a warning."""
+
+    def __init__(self, restored: Iterable[str | SkippedEntry] = (), warn: bool = True):
+        self._entries: dict[str, str] = {}
+        self.warn = warn
+        for item in restored:
+            path, reason = (item, "skipped before the run was resumed") if isinstance(item, str) else item
+            self._entries.setdefault(str(path), str(reason))
+
+    def add(self, entries: Iterable[SkippedEntry]) -> None:
+        for path, reason in entries:
+            if path not in self._entries:
+                self._entries[path] = reason
+                if self.warn:
+                    print(f"largebatch: warning: skipped unreadable image {path} ({reason}); "
+                          f"{len(self._entries)} skipped so far", file=sys.stderr, flush=True)
+
+    def entries(self) -> list[SkippedEntry]:
+        return list(self._entries.items())
+
+    def paths(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._entries
 
 
-def skipped_files_all_ranks() -> list[str]:
-    """The union of :func:`skipped_files` over all processes of the run. A collective operation
-    when torch.distributed is initialised: every rank must call it."""
-    local = skipped_files()
+def skipped_files_all_ranks(entries: Iterable[str | SkippedEntry]) -> list[str]:
+    """The sorted union over all processes of the run of the skipped paths each passes in (paths
+    or (path, reason) pairs). A collective operation when torch.distributed is initialised with
+    more than one process: every rank must call it."""
+    local = sorted({item if isinstance(item, str) else item[0] for item in entries})
     distributed = torch.distributed
     if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
         return local
     gathered: list[list[str] | None] = [None] * distributed.get_world_size()
     distributed.all_gather_object(gathered, local)
     return sorted(set().union(*(set(paths or []) for paths in gathered)))
-
-
-def restore_skipped(paths: Iterable[str]) -> None:
-    """Re-count files skipped before a resume (from a checkpoint), without warning again."""
-    for path in paths:
-        _skipped.setdefault(path, "skipped before the run was resumed")
-
-
-def clear_skipped() -> None:
-    _skipped.clear()
