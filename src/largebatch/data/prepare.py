@@ -46,7 +46,7 @@ from largebatch.data.shards import (FORMAT, INDEX_DTYPE, MANIFEST, MAX_SIDE, SPL
 from largebatch.errors import ConfigError
 
 DEFAULT_QUALITY = 90  # FFCV's ImageNet files (write_imagenet.py, libffcv/ffcv-imagenet README)
-DEFAULT_IMAGES_PER_SHARD = 2048  # ~230 MB of ImageNet originals (mean ~110 KB), ~70 MB at short side 256
+DEFAULT_IMAGES_PER_SHARD = 2048  # ~230 MB of ImageNet originals (mean ~110 KB), ~100 MB at short side 256
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png"}
 
 
