@@ -55,7 +55,7 @@ def loaded_stream(dataset, sampler, start, stop, world_size, accumulation=1, wor
 def test_the_decision_stream_does_not_depend_on_the_number_of_ranks(tmp_path, helpers):
     dataset = prepared_dataset(tmp_path, helpers)
     sampler = StreamSampler(len(dataset), GLOBAL_BATCH, seed=7)
-    steps = range(0, 9)  # 4 epochs of 27 images: crosses epoch boundaries mid-batch
+    steps = range(9)  # 4 epochs of 27 images: crosses epoch boundaries mid-batch
     reference = global_stream(dataset, sampler, steps, 1)
     assert len(reference[0]) == GLOBAL_BATCH and len({d.box for step in reference for d in step}) > 50
     assert {d.flip for step in reference for d in step} == {True, False}
@@ -75,7 +75,7 @@ def test_a_resume_on_any_number_of_ranks_decodes_the_uninterrupted_stream(tmp_pa
     k = 3
     resumed = loaded_stream(dataset, sampler, k, 8, world_size, workers=1 if world_size == 2 else 0)
     assert resumed == never_stopped[k:]
-    assert never_stopped == global_stream(dataset, sampler, range(0, 8), 1)
+    assert never_stopped == global_stream(dataset, sampler, range(8), 1)
     assert sorted({d.size for step in never_stopped for d in step}) == [16, 24]
 
 

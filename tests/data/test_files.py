@@ -187,6 +187,14 @@ def test_restored_skipped_files_count_without_a_second_warning(tmp_path, helpers
     assert fresh.skipped == []  # nothing is shared between streams
 
 
+def _gather_worker(rank, world_size, port, queue):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    local = SkippedFiles([(f"/data/rank{rank}.JPEG", "x"), ("/data/shared.JPEG", "x")])
+    queue.put((rank, skipped_files_all_ranks(local.entries())))
+    dist.destroy_process_group()
+
+
 @pytest.mark.slow
 def test_skipped_files_are_united_over_ranks():
     import socket

@@ -2,6 +2,7 @@
 the same CPU decode path), and with progressive resizing every step gets its scheduled side."""
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -79,6 +80,7 @@ def test_imagenet_sized_corpus_prepared_then_trained_matches_the_folder(tmp_path
     spec = importlib.util.spec_from_file_location("loader_benchmark",
                                                   Path(__file__).resolve().parents[2] / "benchmarks" / "loader.py")
     benchmark = importlib.util.module_from_spec(spec)
+    sys.modules["loader_benchmark"] = benchmark  # its corpus writer is pickled to worker processes by name
     spec.loader.exec_module(benchmark)
     source = benchmark.write_corpus(tmp_path / "src", train=2048, val=256, classes=4, processes=2)
     prepare(source, tmp_path / "prepared", [Tier("originals")], processes=2, stream=io.StringIO())

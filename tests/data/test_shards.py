@@ -279,3 +279,32 @@ def test_the_node_local_cache_holds_checked_copies(tmp_path, helpers):
     with pytest.raises(DataError, match="val-000001.tar: damaged shard \\(its SHA-256"):
         damaged.batch(torch.tensor([5]))
     assert not list(cache.rglob("val-000001.tar")) and not list(cache.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_a_prepare_killed_with_sigkill_resumes(tmp_path, helpers, cli_env):
+    """A real ``largebatch prepare`` process killed (SIGKILL) after a few shards, then run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    source = source_tree(tmp_path / "src", helpers, train_per_class=40, val_per_class=4, size=(500, 375))
+    command = [sys.executable, "-m", "largebatch", "prepare", str(source), str(tmp_path / "out"),
+               "--tiers", "originals,short128", "--images-per-shard", "3", "--processes", "1"]
+    process = subprocess.Popen(command, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "out" / "short128-q90" / "parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(parts.glob("*.json"))) < 3:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(list(parts.glob("*.json")))
+    assert 3 <= done < 44, "killed too late to test anything"
+    result = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "resuming, " in result.stderr
+    prepare(source, tmp_path / "reference", parse_tiers("originals,short128"), images_per_shard=3, processes=1,
+            stream=io.StringIO())
+    for tier in ("originals", "short128-q90"):
+        assert tree_digest(tmp_path / "out" / tier) == tree_digest(tmp_path / "reference" / tier)

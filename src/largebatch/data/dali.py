@@ -66,7 +66,10 @@ class DaliDecoder:
         self.pipeline.feed_input("shapes", [np.array((b[2] - b[0], b[3] - b[1]), np.float32) for b in boxes])
         self.pipeline.feed_input("sizes", [np.array((encoded.size, encoded.size), np.float32)] * len(slots))
         self.pipeline.feed_input("flips", [np.array(int(encoded.params[s].flip), np.int32) for s in slots])
-        (images,) = self.pipeline.run()
+        try:
+            (images,) = self.pipeline.run()
+        except RuntimeError:  # a file DALI cannot decode fails the batch: decode this one on the CPU
+            return _on_cpu(encoded, dataset, self.device)
         out = torch.empty((len(slots), encoded.size, encoded.size, 3), dtype=torch.uint8, device=self.device)
         self.feed_ndarray(images.as_tensor(), out, cuda_stream=torch.cuda.current_stream(self.device))
         decoded = []
@@ -81,6 +84,15 @@ class DaliDecoder:
                 image = chw.to(torch.uint8).permute(1, 2, 0)
             decoded.append(image)
         return _assemble_rendered(encoded, slots, decoded, dataset, self.device)
+
+
+def _on_cpu(encoded: EncodedBatch, dataset: ImageFileDataset, device: torch.device) -> Batch:
+    """The micro-batch decoded by the CPU path from the same decisions (unreadable files replaced
+    or left out there), on ``device``."""
+    positions = [d.position for d in encoded.decisions]
+    batch = dataset.load_batch([d.index for d in encoded.decisions],
+                               positions if all(p >= 0 for p in positions) else None, encoded.size)
+    return batch._replace(images=batch.images.to(device), skipped=list(encoded.skipped) + batch.skipped)
 
 
 def _assemble_rendered(encoded: EncodedBatch, slots: list[int], images: list[torch.Tensor],

@@ -51,7 +51,7 @@ def cuda_unavailable(device: torch.device | None) -> str | None:
         return "CUDA is not available"
     try:
         import torchvision
-        import torchvision.io  # noqa: F401
+        import torchvision.io
     except Exception as error:  # ImportError, or a torchvision built for another torch
         return f"torchvision does not import ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
     if _version(torchvision.__version__) < MIN_TORCHVISION:
@@ -64,8 +64,8 @@ def dali_unavailable(device: torch.device | None) -> str | None:
     if device is None or torch.device(device).type != "cuda":
         return "the training device is not a CUDA GPU"
     try:
-        import nvidia.dali  # noqa: F401
-        import nvidia.dali.plugin.pytorch  # noqa: F401
+        import nvidia.dali
+        import nvidia.dali.plugin.pytorch  # noqa: F401 (the import is the check)
     except Exception as error:
         return f"NVIDIA DALI does not import ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
     return None
