@@ -17,12 +17,27 @@ flip, and a uint8 batch tensor. Pipelines, measured in the same run, interleaved
 All three draw their crop boxes with the same algorithm from the stored image size.
 
     PYTHONPATH=src python benchmarks/loader.py --json benchmarks/loader.json
+
+``--suite tiers`` measures storage formats instead, on a generated corpus of ImageNet-sized JPEGs
+(``--corpus`` images of 500x375, ~107 KB) prepared by ``largebatch prepare`` into the tiers
+originals, max512-q90 and short256-q90: the same training pipeline (decode, random-resized
+crop to SIZE, flip, uint8 batch), each image once per round, from
+
+- ``folder, originals``: the JPEG files (the baseline of this suite);
+- ``shards, originals``: the same bytes read by index from tar shards (pread + CRC-32);
+- ``shards, originals, bytes in memory``: the same without the reads, i.e. decode alone; its
+  ratio to the line above is what the shard reader costs;
+- ``shards, max512-q90`` and ``shards, short256-q90``: the re-encoded tiers.
+
+    PYTHONPATH=src python benchmarks/loader.py --suite tiers --json benchmarks/results/loader-tiers.json
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -68,6 +83,28 @@ def write_images(folder: Path, count: int, width: int, height: int) -> list[str]
             natural_image(width, height, seed=i).save(folder / name, "JPEG", quality=90)
         names.append(name)
     return names
+
+
+def _write_corpus_image(job: tuple[str, int, int, int]) -> None:
+    path, width, height, seed = job
+    if not os.path.exists(path):
+        natural_image(width, height, seed).save(path, "JPEG", quality=90)
+
+
+def write_corpus(root: Path, train: int, val: int, classes: int, width: int = 500, height: int = 375,
+                 processes: int = 0) -> Path:
+    """An ImageNet-layout folder (root/train/<class>/*.JPEG, root/val/<class>/*.JPEG) of textured
+    ``width x height`` JPEGs at quality 90; kept if already there."""
+    jobs = []
+    for split, count, base in (("train", train, 0), ("val", val, 10_000_000)):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(c, count, classes):
+                jobs.append((str(folder / f"n{c:08d}_{i}.JPEG"), width, height, base + i))
+    with multiprocessing.get_context("fork").Pool(processes or len(os.sched_getaffinity(0))) as pool:
+        pool.map(_write_corpus_image, jobs, chunksize=16)
+    return root
 
 
 def baseline_batch(paths: list[str], positions: list[int], size: int, seed: int) -> torch.Tensor:
@@ -121,6 +158,99 @@ def measure(config: tuple[int, int, int], folder: Path, count: int, batch: int, 
                                  "ratio": round(statistics.median(r) / base, 2)} for name, r in rates.items()}}
 
 
+class BytesInMemory:
+    """A shard data set whose images' bytes were read beforehand: decoding alone."""
+
+    def __new__(cls, dataset):
+        from largebatch.data.shards import ShardDataset
+
+        class InMemory(ShardDataset):
+            def read_bytes(self, index: int) -> bytes:
+                return self.held[index]
+
+        held = InMemory.__new__(InMemory)
+        held.__dict__.update(dataset.__getstate__())
+        held._pid = os.getpid()
+        held.held = [dataset.read_bytes(i) for i in range(len(dataset))]
+        return held
+
+
+def measure_tiers(folder: Path, count: int, size: int, batch: int, repeats: int) -> dict:
+    from largebatch.data import imagenet
+    from largebatch.data.prepare import parse_tiers, prepare
+    from largebatch.data.shards import ShardDataset
+
+    started = time.perf_counter()
+    source = write_corpus(folder / "corpus", train=count, val=max(4, count // 50), classes=4)
+    written = time.perf_counter()
+    tiers = parse_tiers("originals,max512,short256", quality=90)
+    manifests = prepare(source, folder / "prepared", tiers, images_per_shard=512, stream=io.StringIO())
+    prepared = time.perf_counter()
+    transform = train_transform("extended", size, color_jitter=0.0, lighting=0.0, fast=True)
+    listing = imagenet.list_split(source, "train", use_cache=False)
+    originals = ShardDataset(folder / "prepared" / "originals", "train", transform)
+    datasets = {
+        "folder, originals": ImageFileDataset(listing.folder, listing.files, listing.labels, transform),
+        "shards, originals": originals,
+        "shards, originals, bytes in memory (decode alone)": BytesInMemory(originals),
+        "shards, max512-q90": ShardDataset(folder / "prepared" / "max512-q90", "train", transform),
+        "shards, short256-q90": ShardDataset(folder / "prepared" / "short256-q90", "train", transform),
+    }
+    # Interleaved batch by batch (the pipelines take turns on each batch of the same images, in a
+    # rotating order), so that a slow spell of the shared machine lands on all of them alike.
+    rates: dict[str, list[float]] = {name: [] for name in datasets}
+    names = list(datasets)
+    for repeat in range(repeats + 1):  # the first round warms the page cache and is not counted
+        seconds = dict.fromkeys(names, 0.0)
+        for number, first in enumerate(range(0, count, batch)):
+            indices = list(range(first, min(count, first + batch)))
+            positions = [repeat * count + i for i in indices]
+            for name in names[number % len(names):] + names[:number % len(names)]:
+                cpu_start = time.process_time()
+                datasets[name].load_batch(indices, positions)
+                seconds[name] += time.process_time() - cpu_start
+        if repeat:
+            for name in names:
+                rates[name].append(count / seconds[name])
+    base = statistics.median(rates["folder, originals"])
+    results = {}
+    for name, runs in rates.items():
+        tier = name.split(", ")[1]
+        manifest = manifests.get(tier)
+        kb = (sum(s["bytes"] for s in manifest["splits"]["train"]["shards"]) / count / 1024) if manifest else None
+        results[name] = {"images_per_cpu_s": round(statistics.median(runs), 1), "runs": [round(x, 1) for x in runs],
+                         "ratio": round(statistics.median(runs) / base, 3),
+                         "stored_kb_per_image": round(kb, 1) if kb else None}
+    shard = statistics.median(rates["shards, originals"])
+    alone = statistics.median(rates["shards, originals, bytes in memory (decode alone)"])
+    per_round = [a / s for a, s in zip(rates["shards, originals, bytes in memory (decode alone)"],
+                                       rates["shards, originals"])]
+    return {"images": count, "size": size, "pipelines": results,
+            "shard_reader_overhead": round(alone / shard - 1, 4),
+            "shard_reader_overhead_runs": [round(x - 1, 4) for x in per_round],
+            "corpus_seconds": round(written - started, 1), "prepare_seconds": round(prepared - written, 1)}
+
+
+def main_tiers(args: argparse.Namespace, folder: Path, machine: str) -> None:
+    result = measure_tiers(folder, args.corpus, args.size, args.batch, args.repeats)
+    print(f"\nloader images per CPU-second, one process pinned to one core, {result['images']} JPEGs of 500x375 "
+          f"(quality 90), random-resized crop to {result['size']} + flip -> uint8 batch, median of {args.repeats}; "
+          "files in the page cache\n")
+    print("| source | stored KB per image | images/s per core | vs folder originals |")
+    print("|---|---:|---:|---:|")
+    for name, p in result["pipelines"].items():
+        kb = f"{p['stored_kb_per_image']:.1f}" if p["stored_kb_per_image"] else ""
+        print(f"| {name} | {kb} | {p['images_per_cpu_s']:.0f} | {p['ratio']:.2f}x |")
+    print(f"\nshard reader (pread + CRC-32) over decode alone: {100 * result['shard_reader_overhead']:+.1f}% "
+          f"(per round: {', '.join(f'{100 * x:+.1f}%' for x in result['shard_reader_overhead_runs'])})")
+    print(f"\n{machine}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "command": "benchmarks/loader.py --suite tiers "
+                                                f"--corpus {args.corpus} --size {args.size} --repeats {args.repeats}",
+                                               "result": result}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=300,
@@ -131,9 +261,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folder", default="", help="where to write the JPEGs (default: a temporary folder)")
     parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--suite", choices=("decode", "tiers"), default="decode",
+                        help="decode: our pipeline against the torchvision-equivalent one; tiers: folder against "
+                             "shards and re-encoded tiers")
+    parser.add_argument("--corpus", type=int, default=2000, help="tiers: training JPEGs of 500x375 to generate")
+    parser.add_argument("--size", type=int, default=224, help="tiers: training side")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
+              f"Pillow {Image.__version__}"
+    if args.suite == "tiers":
+        with tempfile.TemporaryDirectory() as temporary:
+            folder = Path(args.folder or temporary)
+            # the corpus and its tiers are written on every core (kept when --folder already holds them) ...
+            write_corpus(folder / "corpus", train=args.corpus, val=max(4, args.corpus // 50), classes=4)
+            # ... then measured on one
+            if hasattr(os, "sched_setaffinity"):
+                os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+            main_tiers(args, folder, machine)
+        return
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as one worker has
     configs = []
@@ -154,8 +301,6 @@ def main() -> None:
         for name, p in r["pipelines"].items():
             print(f"| {r['width']}x{r['height']} ({r['mean_jpeg_kb']:.0f} KB) | {r['size']} | {name} | "
                   f"{p['images_per_cpu_s']:.0f} | {p['ratio']:.2f}x |")
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-              f"Pillow {Image.__version__}"
     print(f"\n{machine}")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")

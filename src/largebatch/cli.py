@@ -277,6 +277,29 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# --- prepare ---------------------------------------------------------------------------------
+
+def add_prepare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="?", default="", metavar="SRC",
+                        help="ImageNet-layout folder (train/<wnid>/*.JPEG and val/, as --data-dir reads it)")
+    parser.add_argument("out", nargs="?", default="", metavar="OUT",
+                        help="output folder: one tier folder each (OUT/originals, OUT/short256-q90 ...)")
+    parser.add_argument("--tiers", default="originals",
+                        help="comma-separated: originals (bytes copied), shortN (shorter side N px), maxN (longer "
+                             "side at most N px) (default: originals)")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded tiers (default: 90, FFCV's)")
+    parser.add_argument("--images-per-shard", type=int, default=2048,
+                        help="images per tar shard (default: 2048, ~230 MB of ImageNet originals)")
+    parser.add_argument("--processes", type=int, default=0, help="worker processes (default: 0, one per core)")
+    parser.add_argument("--verify", default="", metavar="TIER_DIR",
+                        help="instead: check every shard of a prepared tier folder against its SHA-256")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from largebatch.data.prepare import run_command
+    return run_command(args)
+
+
 COMMANDS = {
     # name: (help, add arguments, run)
     "train": ("train a model (one process, or many under torchrun)", add_train_args, run_train),
@@ -293,6 +316,8 @@ COMMANDS = {
     "benchmark": ("measure this machine's training rate at several micro-batch sizes (the rate curve), the loader's "
                   "decode rate per core and the all-reduce bandwidth; write a plan preset",
                   add_benchmark_args, run_benchmark),
+    "prepare": ("convert an ImageNet-layout folder to tar shards read by index (tiers: originals, re-encoded); "
+                "resumable", add_prepare_args, run_prepare),
 }
 
 

@@ -32,6 +32,7 @@ DEFAULT_RECIPE = "fashion_mnist"
 DATASETS = ("fashion-mnist", "mnist", "imagenet", "synthetic", "custom")  # custom: largebatch.fit(...)
 OPTIMIZERS = ("lars", "larc", "lamb", "sgd")
 AUGMENTATIONS = ("none", "minimal", "extended", "strong")
+DECODERS = ("auto", "cpu", "cuda", "dali")
 DECAYS = ("poly", "cosine", "step", "constant")
 SCALING_RULES = ("none", "linear", "sqrt")
 EXCLUSION_RULES = ("none", "1d", "bn_bias", "bn")
@@ -84,6 +85,17 @@ class DataConfig:
         "-1: the augmentation level's own (0.1 at strong, else 0)", min=-1.0, max=1.0)
     fast_decode: bool = option(True, "image files: decode JPEGs at 1/2, 1/4 or 1/8 size in the DCT domain when "
                                "the crop still has at least image_size pixels per side")
+    decode: str = option("auto", "image files, training: where JPEGs are decoded: cpu (loader workers), cuda "
+                         "(batched nvJPEG through torchvision), dali (NVIDIA DALI), auto (cuda, else dali, else cpu)",
+                         choices=DECODERS)
+    cache_dir: str = option("", "prepared shards: node-local folder each shard is copied to (checked against its "
+                            "SHA-256) on first use (empty: read them where they are)")
+    resolution_start: int = option(0, "progressive resizing: training side at the start, rising to image_size "
+                                   "(0: off; FFCV ResNet-50: 160 -> 192)", min=0)
+    resolution_ramp: list = option([], "progressive resizing: first and last epoch of the ramp from "
+                                   "resolution_start to image_size (FFCV ResNet-50, 88 epochs: 65,76)")
+    eval_image_size: int = option(0, "evaluation image side (0: image_size; FFCV ResNet-50: 256 after training "
+                                  "at 160-192)", min=0)
 
 
 @dataclass

@@ -14,17 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from largebatch import distributed
-from largebatch.data import Normalizer, load_batches
+from largebatch.data import Normalizer, SkippedFiles, load_batches
 from largebatch.data.sampler import shard_indices
 from largebatch.errors import DataError
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, context: distributed.DistributedContext, normalizer: Normalizer,
-             batch_size: int = 256, workers: int = 0,
+             batch_size: int = 256, workers: int = 0, skipped: SkippedFiles | None = None,
              progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Top-1, top-5 (fractions in [0, 1]) and mean cross-entropy of ``model`` on ``dataset``, and
-    ``test_images``, the number of images evaluated (all ranks together). The sums stay on the
+    ``test_images``, the number of images evaluated (all ranks together). Unreadable images are
+    left out and added to ``skipped`` (a run's list, warned once per file). The sums stay on the
     device until one read at the end. ``progress(images_done, images_total)`` is called after each
     batch with this rank's counts (host numbers). A test set of which no image could be
     evaluated is a DataError, not a top-1 of 0."""
@@ -33,7 +34,7 @@ def evaluate(model: nn.Module, dataset, context: distributed.DistributedContext,
     totals = torch.zeros(4, dtype=torch.float64, device=context.device)  # top1, top5, loss, count
     indices = shard_indices(len(dataset), context.rank, context.world_size)
     done = 0
-    for images, labels in load_batches(dataset, indices.split(batch_size), workers):
+    for images, labels in load_batches(dataset, indices.split(batch_size), workers, skipped=skipped):
         labels = labels.to(context.device, non_blocking=True)
         logits = model(normalizer(images)).float()
         k = min(5, logits.shape[1])
@@ -81,5 +82,6 @@ def evaluate_run(run_dir: str, checkpoint_file: str = "", data_dir: str = "", de
     model = models.build(config.model.name, num_classes=info.num_classes, in_channels=info.channels)
     checkpoint.load_model_state(model, state["model"], str(path))
     model.to(context.device)
-    result = evaluate(model, test_set, context, Normalizer(info.mean, info.std, context.device))
-    return {"checkpoint": str(path), "step": state["step"], **result}
+    skipped = SkippedFiles()
+    result = evaluate(model, test_set, context, Normalizer(info.mean, info.std, context.device), skipped=skipped)
+    return {"checkpoint": str(path), "step": state["step"], **result, "skipped_files": skipped.paths()}

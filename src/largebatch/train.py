@@ -37,7 +37,7 @@ from torch import nn
 from largebatch import checkpoint, distributed, models, rundir
 from largebatch.augment import BatchAugmenter, batch_loss
 from largebatch.config import Config, config_to_dict, to_toml
-from largebatch.data import (DataInfo, ImageFileDataset, Normalizer, build_datasets, clear_skipped, restore_skipped,
+from largebatch.data import (DataInfo, ImageFileDataset, Normalizer, SkippedFiles, build_datasets,
                              skipped_files_all_ranks, training_batches)
 from largebatch.data.prefetch import machine_input_settings, prefetch_to_device
 from largebatch.data.sampler import StreamSampler
@@ -154,6 +154,8 @@ class Run:
     tensorboard: TensorBoardLog
     provenance: dict[str, Any] = field(default_factory=dict)
     started: float = 0.0  # time.perf_counter() of the run's start, earlier sessions included
+    training_stream: Any = None  # its .skipped: the unreadable training images this rank met
+    evaluation_skipped: SkippedFiles = field(default_factory=SkippedFiles)  # over all evaluations of the run
 
 
 def build_run(config: Config, context: distributed.DistributedContext, out: Path, model: nn.Module | None = None,
@@ -162,7 +164,6 @@ def build_run(config: Config, context: distributed.DistributedContext, out: Path
     run, device = config.run, context.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN times its algorithms once, keeps the fastest
-    clear_skipped()
     if train_set is None:
         if config.data.dataset == "custom":
             raise ConfigError("data.dataset custom is given in Python: largebatch.fit(model, train_set, test_set)")
@@ -285,7 +286,7 @@ def restore(run: Run, resume: str, extend_schedule: bool) -> tuple[TrainState, d
             run.precision.scaler.load_state_dict(saved["scaler"])
         checkpoint.set_rng_state(saved["rng"])
         state = TrainState.from_state_dict(saved.get("train_state"), f"checkpoint {source}")
-        restore_skipped(state.skipped_files)
+        run.evaluation_skipped = SkippedFiles(state.skipped_files)  # counted, not warned about again
         if extend_schedule and any(key == "run.epochs" or key.startswith("schedule.") for key in changes):
             run.progress.message(describe_schedule_change(saved["config"], run, state.step))
     ddp_model = distributed.wrap_model(run.model, run.context)
@@ -402,11 +403,12 @@ def train_loop(run: Run, state: TrainState, stop: StopRequest) -> None:
     plan, config = run.plan, run.config.run
     input_settings = machine_input_settings(run.context.device.type, workers=run.config.data.workers,
                                             device_prefetch=run.config.data.prefetch)
-    data = training_batches(run.train_set, run.sampler, state.step, plan.total_steps, run.context.rank,
-                            run.context.world_size, plan.accumulation_steps, workers=input_settings.workers,
-                            pin_memory=run.context.device.type == "cuda",
-                            prefetch_factor=input_settings.loader_prefetch)
-    data = prefetch_to_device(data, run.context.device, input_settings.device_prefetch)
+    run.training_stream = training_batches(
+        run.train_set, run.sampler, state.step, plan.total_steps, run.context.rank, run.context.world_size,
+        plan.accumulation_steps, workers=input_settings.workers, pin_memory=run.context.device.type == "cuda",
+        prefetch_factor=input_settings.loader_prefetch, skipped=state.skipped_files, decode=run.config.data.decode,
+        device=run.context.device)
+    data = prefetch_to_device(run.training_stream, run.context.device, input_settings.device_prefetch)
     window, rate = Window(state.step), 0.0
     while state.step < plan.total_steps:
         step, lr = state.step, plan.lr_at(state.step)
@@ -610,12 +612,13 @@ def run_evaluation(run: Run) -> dict[str, float]:
     distributed.broadcast_buffers(run.model, run.context)
     with run.precision.autocast():
         return evaluate(run.model, run.test_set, run.context, run.normalizer, 2 * run.plan.micro_batch_size,
-                        workers=run.config.data.workers, progress=run.progress.evaluation)
+                        workers=run.config.data.workers, skipped=run.evaluation_skipped,
+                        progress=run.progress.evaluation)
 
 
 def save_checkpoint(run: Run, state: TrainState, best: bool = False) -> None:
     """Save the run's state at ``state.step`` (every rank calls this: it gathers skipped files)."""
-    state.skipped_files = skipped_files_all_ranks()  # a collective
+    state.skipped_files = skipped_files(run)  # a collective
     if run.context.is_main:
         saved = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": state.step,
                  "rng": checkpoint.rng_state(), "train_state": state.state_dict(), "config": config_to_dict(run.config),
@@ -626,20 +629,26 @@ def save_checkpoint(run: Run, state: TrainState, best: bool = False) -> None:
     distributed.barrier(run.context)
 
 
+def skipped_files(run: Run) -> list[str]:
+    """The unreadable files every rank met, training and evaluation (a collective: all ranks call it)."""
+    training = run.training_stream.skipped if run.training_stream is not None else []
+    return skipped_files_all_ranks(training + run.evaluation_skipped.entries())
+
+
 def finish(run: Run, state: TrainState) -> dict[str, Any]:
     """summary.json (rank 0) and the summary it holds."""
     config = run.config
     evaluated = [r for r in epoch_records(state.records) if r.get("top1") is not None]
     last = evaluated[-1] if evaluated else {}
     target = state.target_record
-    skipped_files = len(skipped_files_all_ranks())
+    skipped = len(skipped_files(run))
     summary = {
         "top1": last.get("top1"), "top5": last.get("top5"), "best_top1": state.best_top1,
         "best_epoch": state.best_epoch, "train_time_s": state.train_time_s,
         "images_per_s": state.step * run.plan.global_batch_size / max(state.train_time_s, 1e-9) if state.step else 0.0,
         "wall_time_s": time.perf_counter() - run.started,
         "epochs": run.plan.epochs, "steps": state.step, "model": config.model.name, "dataset": run.info.dataset,
-        "optimizer": config.optimizer.name, "skipped_files": skipped_files, "skipped_steps": state.skipped_steps,
+        "optimizer": config.optimizer.name, "skipped_files": skipped, "skipped_steps": state.skipped_steps,
         "target_top1": config.run.target_top1 or None,
         "target_epoch": target["epoch"] if target else None,
         "target_elapsed_s": target["elapsed_s"] if target else None,

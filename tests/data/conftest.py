@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from largebatch.data import files
 
 
 def natural_image(width: int, height: int, seed: int = 0, noise: float = 6.0) -> Image.Image:
@@ -71,12 +70,9 @@ def truncate(path: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    """Each test gets its own file-list cache and an empty skipped-file count."""
+    """Each test gets its own file-list cache."""
     monkeypatch.setenv("LARGEBATCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("LARGEBATCH_DATA", raising=False)
-    files.clear_skipped()
-    yield
-    files.clear_skipped()
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from largebatch.data import (ImageFileDataset, Normalizer, build_datasets, load_batches, skipped_files,
-                             training_batches)
+from largebatch.data import (ImageFileDataset, Normalizer, SkippedFiles, build_datasets, load_batches,
+                             skipped_files_all_ranks, training_batches)
 from largebatch.data import files as files_module
 from largebatch.data.sampler import StreamSampler, shard_indices
 from largebatch.data.transforms import eval_transform, image_rng, train_transform
@@ -58,20 +58,28 @@ def test_training_replaces_unreadable_files_and_counts_them(tmp_path, helpers, c
     stream = training_batches(dataset, StreamSampler(len(dataset), 6, seed=1), 0, 4, 0, 1, 2)
     steps = list(stream)
     assert all(len(images) == 3 for step in steps for images, _ in step)  # batch sizes unchanged
-    assert skipped_files() == sorted([str(paths[2]), str(paths[3])])
+    assert sorted(path for path, _ in stream.skipped) == sorted([str(paths[2]), str(paths[3])])
+    assert "truncated" in dict(stream.skipped)[str(paths[3])].lower()
     warnings = capsys.readouterr().err
     assert warnings.count("skipped unreadable image") == 2  # once per file, though each epoch hits it
     assert str(paths[2]) in warnings and str(paths[3]) in warnings
 
 
-def test_evaluation_leaves_unreadable_files_out(tmp_path, helpers):
+def test_evaluation_leaves_unreadable_files_out(tmp_path, helpers, capsys):
     dataset, paths = dataset_of(tmp_path, helpers, level="eval", count=6)
     helpers.truncate(paths[1])
-    batches = list(load_batches(dataset, torch.arange(6).split(2)))
+    evaluation = load_batches(dataset, torch.arange(6).split(2))
+    batches = list(evaluation)
     assert [len(labels) for _, labels in batches] == [1, 2, 2]
-    assert skipped_files() == [str(paths[1])]
+    assert [path for path, _ in evaluation.skipped] == [str(paths[1])]
     helpers.corrupt(paths[0])
-    assert [len(labels) for _, labels in load_batches(dataset, torch.arange(6).split(2))] == [2, 2]  # empty dropped
+    run_skipped = SkippedFiles()
+    for _ in range(2):  # two evaluations of one run: each lists what it left out, the run warns once per file
+        evaluation = load_batches(dataset, torch.arange(6).split(2), skipped=run_skipped)
+        assert [len(labels) for _, labels in evaluation] == [2, 2]  # the empty batch is dropped
+        assert sorted(path for path, _ in evaluation.skipped) == sorted([str(paths[0]), str(paths[1])])
+    assert run_skipped.paths() == sorted([str(paths[0]), str(paths[1])])
+    assert capsys.readouterr().err.count("skipped unreadable image") == 1 + 2  # first pass alone, then the run
 
 
 def test_a_run_of_unreadable_files_is_a_one_line_data_error(tmp_path, helpers):
@@ -113,10 +121,10 @@ def test_worker_processes_give_the_same_batches_as_none(tmp_path, helpers):
     dataset, paths = dataset_of(tmp_path, helpers, count=10)
     helpers.corrupt(paths[4])
     in_process = step_images(training_batches(dataset, StreamSampler(10, 4, seed=2), 0, 6, 0, 1, 2, workers=0))
-    files_module.clear_skipped()
-    workers = step_images(training_batches(dataset, StreamSampler(10, 4, seed=2), 0, 6, 0, 1, 2, workers=2))
+    stream = training_batches(dataset, StreamSampler(10, 4, seed=2), 0, 6, 0, 1, 2, workers=2)
+    workers = step_images(stream)
     assert len(workers) == 6 and all(torch.equal(a, b) for a, b in zip(in_process, workers))
-    assert skipped_files() == [str(paths[4])]  # reported back from the workers
+    assert [path for path, _ in stream.skipped] == [str(paths[4])]  # reported back from the workers
     evaluated = list(load_batches(dataset, torch.arange(10).split(3), workers=2))
     assert sum(len(labels) for _, labels in evaluated) == 9
 
@@ -162,20 +170,28 @@ def test_synthetic_data():
     assert labels.tolist() == [0, 1, 0]
 
 
-def test_restored_skipped_files_count_without_a_second_warning(capsys):
-    files_module.restore_skipped(["/data/a.JPEG", "/data/b.JPEG"])
-    files_module.record_skipped([("/data/a.JPEG", "OSError: broken"), ("/data/c.JPEG", "OSError: broken")])
-    assert files_module.skipped_files_all_ranks() == ["/data/a.JPEG", "/data/b.JPEG", "/data/c.JPEG"]
+def test_restored_skipped_files_count_without_a_second_warning(tmp_path, helpers, capsys):
+    dataset, paths = dataset_of(tmp_path, helpers, count=6)
+    helpers.corrupt(paths[1])
+    helpers.corrupt(paths[2])
+    before = ["/data/a.JPEG", (str(paths[1]), "OSError: broken")]  # as a checkpoint keeps them
+    stream = training_batches(dataset, StreamSampler(6, 6, seed=0), 0, 1, 0, 1, 1, skipped=before)
+    assert [path for path, _ in stream.skipped] == ["/data/a.JPEG", str(paths[1])]
+    next(stream)
+    assert [path for path, _ in stream.skipped] == ["/data/a.JPEG", str(paths[1]), str(paths[2])]
     err = capsys.readouterr().err
-    assert "/data/c.JPEG" in err and "/data/a.JPEG" not in err
+    assert err.count("skipped unreadable image") == 1 and str(paths[2]) in err and "3 skipped so far" in err
+    assert skipped_files_all_ranks(stream.skipped + ["/data/z.JPEG"]) == sorted(
+        ["/data/a.JPEG", "/data/z.JPEG", str(paths[1]), str(paths[2])])
+    fresh = training_batches(dataset, StreamSampler(6, 6, seed=0), 0, 1, 0, 1, 1)
+    assert fresh.skipped == []  # nothing is shared between streams
 
 
 def _gather_worker(rank, world_size, port, queue):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    files_module.clear_skipped()
-    files_module.record_skipped([(f"/data/rank{rank}.JPEG", "x"), ("/data/shared.JPEG", "x")])
-    queue.put((rank, files_module.skipped_files_all_ranks()))
+    local = SkippedFiles([(f"/data/rank{rank}.JPEG", "x"), ("/data/shared.JPEG", "x")])
+    queue.put((rank, skipped_files_all_ranks(local.entries())))
     dist.destroy_process_group()
 
 

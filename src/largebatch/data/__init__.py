@@ -6,8 +6,9 @@ so workers copy 4x fewer bytes and, on a GPU, the arithmetic is free.
 
 In-memory data sets (Fashion-MNIST, MNIST, synthetic) make a batch by indexing a tensor in the
 training process. Image-file data sets (ImageNet) decode in ``workers`` loader processes
-(:mod:`largebatch.data.loader`); files that cannot be read are skipped and counted
-(:func:`skipped_files`).
+(:mod:`largebatch.data.loader`); files that cannot be read are skipped, and the object that
+asked for them keeps the list: ``TrainingStream.skipped`` and ``EvaluationBatches.skipped``
+(:func:`skipped_files_all_ranks` unites them over the processes of a run).
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from dataclasses import dataclass
 
 import torch
 
-from largebatch.data import idx, imagenet
-from largebatch.data.files import (Batch, ImageFileDataset, clear_skipped, record_skipped, restore_skipped, skipped_files,
-                                  skipped_files_all_ranks)
+from largebatch.data import idx, imagenet, resolution, shards
+from largebatch.data.decisions import step_size
+from largebatch.data.decode import EncodedReader, choose_backend, gpu_batches
+from largebatch.data.files import Batch, Decision, ImageFileDataset, SkippedEntry, SkippedFiles, skipped_files_all_ranks
 from largebatch.data.loader import file_batches, resolve_workers
 from largebatch.data.transforms import eval_transform, train_transform
 from largebatch.errors import DataError
 
 __all__ = ["DataInfo", "TensorDataset", "SyntheticDataset", "ImageFileDataset", "build_datasets", "load_batches",
-           "training_batches", "TrainingStream", "Normalizer", "skipped_files", "skipped_files_all_ranks", "clear_skipped",
-           "restore_skipped", "resolve_workers"]
+           "EvaluationBatches", "training_batches", "TrainingStream", "Normalizer", "SkippedFiles",
+           "skipped_files_all_ranks", "resolve_workers"]
 
 # Class names in label order, where the files do not hold them (IDX files hold only numbers).
 CLASS_NAMES = {
@@ -108,18 +110,33 @@ def build_datasets(data_config, seed: int = 0):
         test = SyntheticDataset(max(1, data_config.synthetic_images // 10), classes, channels, size, seed + 1)
     elif name == "imagenet":
         root = imagenet.locate(data_config.data_dir)
-        train_files = imagenet.list_split(root, "train")
-        test_files = imagenet.list_split(root, "val", train_files.classes)
         size = data_config.image_size or 224
-        channels, classes = 3, len(train_files.classes)
+        eval_size = getattr(data_config, "eval_image_size", 0) or size
         fast = data_config.fast_decode
-        train = ImageFileDataset(train_files.folder, train_files.files, train_files.labels,
-                                 train_transform(data_config.augmentation, size, data_config.color_jitter,
-                                                 data_config.lighting, fast), seed)
-        test = ImageFileDataset(test_files.folder, test_files.files, test_files.labels,
-                                eval_transform(size, fast, data_config.augmentation), seed)
+        augment = train_transform(data_config.augmentation, size, data_config.color_jitter, data_config.lighting, fast)
+        prepared = shards.find_prepared(root)
+        if prepared is not None:  # tar shards read by index (largebatch prepare)
+            cache = getattr(data_config, "cache_dir", "")
+            train = shards.ShardDataset(prepared, "train", augment, seed, cache)
+            test = shards.ShardDataset(prepared, "val", eval_transform(eval_size, fast, data_config.augmentation), seed, cache)
+            classes = len(train.classes)
+            class_names = tuple(train.classes)
+        else:
+            train_files = imagenet.list_split(root, "train")
+            test_files = imagenet.list_split(root, "val", train_files.classes)
+            classes = len(train_files.classes)
+            class_names = tuple(train_files.classes)
+            train = ImageFileDataset(train_files.folder, train_files.files, train_files.labels, augment, seed)
+            test = ImageFileDataset(test_files.folder, test_files.files, test_files.labels,
+                                    eval_transform(eval_size, fast, data_config.augmentation), seed)
+        channels = 3
+        train.resolution = resolution.build_schedule(size, getattr(data_config, "resolution_start", 0),
+                                                     list(getattr(data_config, "resolution_ramp", [])))
+        train.decode = getattr(data_config, "decode", "cpu")
     else:
         raise DataError(f"unknown data set '{name}'")
+    if getattr(data_config, "resolution_start", 0) and name != "imagenet":
+        raise DataError(f"data.resolution_start (progressive resizing) works on image files (imagenet), not {name}")
     if data_config.num_classes and name != "synthetic" and data_config.num_classes != classes:
         raise DataError(f"data.num_classes is {data_config.num_classes} but {name} has {classes} classes")
     if data_config.train_subset:
@@ -130,40 +147,76 @@ def build_datasets(data_config, seed: int = 0):
         keep = keep.sort().values
         train = train.subset(keep) if hasattr(train, "subset") else TensorDataset(*train.batch(keep))
     mean, std = STATS[name]
-    names = tuple(train_files.classes) if name == "imagenet" else CLASS_NAMES.get(name, tuple(map(str, range(classes))))
+    names = class_names if name == "imagenet" else CLASS_NAMES.get(name, tuple(map(str, range(classes))))
     info = DataInfo(name, classes, channels, size, mean, std, len(train), len(test), names)
     return train, test, info
 
 
-def load_batches(dataset, index_lists: Iterable[torch.Tensor], workers: int = 0,
-                 pin_memory: bool | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images, labels) for each list of indices, in order (evaluation: no random
+class EvaluationBatches:
+    """(uint8 images, labels) for each list of indices, in order; after (or during) iteration,
+    :attr:`skipped` lists the (path, reason) of the unreadable files this pass left out."""
+
+    def __init__(self, dataset, index_lists: Iterable[torch.Tensor], workers: int = 0, pin_memory: bool | None = None,
+                 skipped: SkippedFiles | None = None):
+        self.dataset, self.index_lists, self.workers, self.pin_memory = dataset, index_lists, workers, pin_memory
+        self.run_skipped = skipped
+        self._skipped = SkippedFiles(warn=skipped is None)
+
+    @property
+    def skipped(self) -> list[SkippedEntry]:
+        return self._skipped.entries()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not isinstance(self.dataset, ImageFileDataset):
+            for indices in self.index_lists:
+                yield self.dataset.batch(indices)
+            return
+        requests = ((indices, None) for indices in self.index_lists)
+        for batch in file_batches(self.dataset, requests, self.workers, self.pin_memory):
+            self._skipped.add(batch.skipped)
+            if self.run_skipped is not None:
+                self.run_skipped.add(batch.skipped)
+            if batch.error:
+                raise DataError(batch.error)
+            if len(batch.labels):
+                yield batch.images, batch.labels
+
+
+def load_batches(dataset, index_lists: Iterable[torch.Tensor], workers: int = 0, pin_memory: bool | None = None,
+                 skipped: SkippedFiles | None = None) -> EvaluationBatches:
+    """(uint8 images, labels) for each list of indices, in order (evaluation: no random
     augmentation). Image files are decoded by ``workers`` processes (-1: automatic); unreadable
-    ones are left out and counted, and a batch left empty is not yielded."""
-    if not isinstance(dataset, ImageFileDataset):
-        for indices in index_lists:
-            yield dataset.batch(indices)
-        return
-    for batch in file_batches(dataset, ((indices, None) for indices in index_lists), workers, pin_memory):
-        record_skipped(batch.skipped)
-        if len(batch.labels):
-            yield batch.images, batch.labels
+    ones are left out, and a batch left empty is not yielded. The returned iterable's
+    ``.skipped`` lists what this pass left out; ``skipped`` (a run's :class:`SkippedFiles`, kept
+    over several passes) also receives them and warns once per file over all passes (without
+    it, each pass warns on its own)."""
+    return EvaluationBatches(dataset, index_lists, workers, pin_memory, skipped)
 
 
 class TrainingStream:
     """The per-step micro-batch stream the training loop consumes (see :func:`training_batches`)."""
 
     def __init__(self, dataset, sampler, start_step: int, total_steps: int, rank: int, world_size: int,
-                 accumulation: int, workers: int = 0, pin_memory: bool | None = None, prefetch_factor: int = 2):
+                 accumulation: int, workers: int = 0, pin_memory: bool | None = None, prefetch_factor: int = 2,
+                 skipped: Iterable[str | SkippedEntry] = (), decode: str | None = None,
+                 device: torch.device | None = None):
         self.accumulation = accumulation
+        self.skipped_files = SkippedFiles(skipped)
         self.remaining = max(0, total_steps - start_step)
+        self.backend = "memory"
+        self.decisions: list[tuple[Decision, ...]] = []  # the last step's, per micro-batch (image files)
         if isinstance(dataset, ImageFileDataset):
-            requests = ((indices, positions)
+            requests = ((indices, positions, step_size(dataset, sampler, step))
                         for step in range(start_step, total_steps)
                         for indices, positions in zip(sampler.micro_batches(step, rank, world_size, accumulation),
                                                       sampler.micro_batch_positions(step, rank, world_size,
                                                                                     accumulation)))
-            self._batches = file_batches(dataset, requests, workers, pin_memory, prefetch_factor)
+            self.backend = choose_backend(decode or getattr(dataset, "decode", "cpu"), device)
+            if self.backend == "cpu":
+                self._batches = file_batches(dataset, requests, workers, pin_memory, prefetch_factor)
+            else:  # workers read bytes and decide; the GPU decodes
+                encoded = file_batches(dataset, requests, workers, False, prefetch_factor, reader=EncodedReader)
+                self._batches = gpu_batches(encoded, dataset, self.backend, torch.device(device))
         else:
             self._batches = (Batch(*dataset.batch(indices), [])
                              for step in range(start_step, total_steps)
@@ -175,27 +228,43 @@ class TrainingStream:
     def __next__(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self.remaining <= 0:
             raise StopIteration
-        micro_batches = []
+        micro_batches, decisions = [], []
         for _ in range(self.accumulation):
             batch = next(self._batches)
-            record_skipped(batch.skipped)
+            self.skipped_files.add(batch.skipped)
             if batch.error:
                 raise DataError(batch.error)
             micro_batches.append((batch.images, batch.labels))
+            decisions.append(batch.decisions)
+        self.decisions = decisions
         self.remaining -= 1
         return micro_batches
+
+    @property
+    def skipped(self) -> list[SkippedEntry]:
+        """(path, reason) of every unreadable file this rank's stream met, those restored with
+        ``skipped=`` first; what a checkpoint keeps (after :func:`skipped_files_all_ranks`)."""
+        return self.skipped_files.entries()
 
 
 def training_batches(dataset, sampler, start_step: int, total_steps: int, rank: int, world_size: int,
                      accumulation: int, workers: int = 0, pin_memory: bool | None = None,
-                     prefetch_factor: int = 2) -> TrainingStream:
+                     prefetch_factor: int = 2, skipped: Iterable[str | SkippedEntry] = (), decode: str | None = None,
+                     device: torch.device | None = None) -> TrainingStream:
     """For each step from ``start_step`` to ``total_steps - 1``: this rank's micro-batches, a list
     of (uint8 images, labels). What a step sees depends on the step alone (exact resume), also
     for augmented image files: each image's random choices come from (seed, stream position).
     Image files are decoded by ``workers`` processes (-1: automatic; in-memory data ignore it);
-    an unreadable file is replaced by the next readable one and counted (:func:`skipped_files`)."""
+    an unreadable file is replaced by the next readable one, warned about once and kept in the
+    stream's ``.skipped``; ``skipped`` (paths, or (path, reason) pairs, from a checkpoint) are the
+    files skipped before a resume, counted again without a second warning.
+
+    ``decode`` (default: the data set's ``data.decode``, else cpu) chooses where JPEGs are decoded
+    (:mod:`largebatch.data.decode`); ``device`` is the training device, which ``auto`` needs to
+    pick a GPU decoder (without it, ``auto`` decodes on the CPU). With a GPU decoder the batches
+    arrive on ``device``. Each step's side follows ``dataset.resolution`` (progressive resizing)."""
     return TrainingStream(dataset, sampler, start_step, total_steps, rank, world_size, accumulation, workers,
-                          pin_memory, prefetch_factor)
+                          pin_memory, prefetch_factor, skipped, decode, device)
 
 
 class Normalizer:

@@ -1,6 +1,7 @@
 """Loading batches of an image-file data set in worker processes (torch DataLoader).
 
-A *request* is one batch: a list of data-set indices and, for training, their stream positions.
+A *request* is one batch: a list of data-set indices, for training their stream positions, and
+the output side (0: the transform's; progressive resizing sets it per step).
 Requests go to ``workers`` processes in order and come back in order; each worker decodes a
 whole batch into shared memory (:meth:`ImageFileDataset.load_batch`), so the training process
 only receives tensors. Since an image's random choices depend on its stream position alone,
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from largebatch.data.files import Batch, ImageFileDataset
 
-Request = tuple[Sequence[int], Sequence[int] | None]  # (indices, stream positions or None)
+Request = tuple[Sequence[int], Sequence[int] | None, int]  # (indices, stream positions or None, side)
 
 
 def resolve_workers(workers: int) -> int:
@@ -37,8 +38,8 @@ class _BatchReader(Dataset):
         self.dataset = dataset
 
     def __getitems__(self, request: Request) -> Batch:
-        indices, positions = request
-        return self.dataset.load_batch(indices, positions)
+        indices, positions, size = request
+        return self.dataset.load_batch(indices, positions, size)
 
     def __getitem__(self, index: int):  # DataLoader needs it to exist; batches use __getitems__
         raise NotImplementedError
@@ -48,23 +49,29 @@ def _as_is(batch: Batch) -> Batch:
     return batch
 
 
-def _plain(requests: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> Iterator[Request]:
-    for indices, positions in requests:
-        yield indices.tolist(), (positions.tolist() if positions is not None else None)
+def _plain(requests: Iterable[tuple]) -> Iterator[Request]:
+    for request in requests:
+        indices, positions = request[0], request[1]
+        size = int(request[2]) if len(request) > 2 else 0
+        yield indices.tolist(), (positions.tolist() if positions is not None else None), size
 
 
-def file_batches(dataset: ImageFileDataset, requests: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
-                 workers: int = 0, pin_memory: bool | None = None, prefetch_factor: int = 2) -> Iterator[Batch]:
-    """One :class:`Batch` per request, in order; ``workers`` processes (0: in this process;
-    -1: :func:`resolve_workers`). ``pin_memory`` (default: when CUDA is available) puts the
-    batches in page-locked memory for asynchronous copies to the GPU."""
+def file_batches(dataset: ImageFileDataset, requests: Iterable[tuple], workers: int = 0,
+                 pin_memory: bool | None = None, prefetch_factor: int = 2, reader: type[Dataset] | None = None
+                 ) -> Iterator[Batch]:
+    """One :class:`Batch` per request ((indices, positions or None[, side]) tensors), in order;
+    ``workers`` processes (0: in this process; -1: :func:`resolve_workers`). ``pin_memory``
+    (default: when CUDA is available) puts the batches in page-locked memory for asynchronous
+    copies to the GPU. ``reader`` replaces what a worker does with a request (default: decode
+    it, :meth:`ImageFileDataset.load_batch`)."""
     workers = resolve_workers(workers)
+    reader_dataset = (reader or _BatchReader)(dataset)
     if workers == 0:
-        for indices, positions in _plain(requests):
-            yield dataset.load_batch(indices, positions)
+        for request in _plain(requests):
+            yield reader_dataset.__getitems__(request)
         return
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    loader = DataLoader(_BatchReader(dataset), batch_sampler=_plain(requests), num_workers=workers,
+    loader = DataLoader(reader_dataset, batch_sampler=_plain(requests), num_workers=workers,
                         collate_fn=_as_is, pin_memory=pin_memory, prefetch_factor=prefetch_factor)
     yield from loader

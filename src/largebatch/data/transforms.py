@@ -188,11 +188,13 @@ def pca_lighting(pixels: np.ndarray, alpha: Sequence[float]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Params:
-    """The random choices for one image."""
+    """The decisions for one image: the random choices and the output side (``size`` 0: the
+    transform's own ``size``; progressive resizing sets it per step)."""
     box: Box
     flip: bool = False
     jitter: tuple[tuple[str, float], ...] = ()
     lighting: tuple[float, float, float] | None = None
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,18 +225,20 @@ class ImageTransform:
     def random(self) -> bool:
         return self.crop not in ("center", "squash-center") or self.flip or self.color_jitter > 0 or self.lighting > 0
 
-    def sample(self, width: int, height: int, rng: random.Random | None) -> Params:
-        """The random choices for an image of ``width x height`` (the same whatever the decode path)."""
+    def sample(self, width: int, height: int, rng: random.Random | None, size: int = 0) -> Params:
+        """The random choices for an image of ``width x height`` made ``size x size`` (0: the
+        transform's ``size``); the same whatever the decode path."""
+        side = size or self.size
         if self.crop == "squash-center":
-            box = squash_center_box(width, height, self.size)
+            box = squash_center_box(width, height, side)
         elif self.crop == "center" or rng is None:
-            box = center_crop_box(width, height, self.size)
+            box = center_crop_box(width, height, side)
         elif self.crop == "random-resized":
             box = random_resized_crop_box(width, height, rng, self.scale, self.ratio)
         else:
-            box = resize_random_crop_box(width, height, rng, self.size)
+            box = resize_random_crop_box(width, height, rng, side)
         if rng is None:
-            return Params(box)
+            return Params(box, size=size)
         flip = self.flip and rng.random() < 0.5
         jitter: tuple[tuple[str, float], ...] = ()
         if self.color_jitter > 0:
@@ -245,11 +249,12 @@ class ImageTransform:
         lighting = None
         if self.lighting > 0:
             lighting = (rng.gauss(0, self.lighting), rng.gauss(0, self.lighting), rng.gauss(0, self.lighting))
-        return Params(box, flip, jitter, lighting)
+        return Params(box, flip, jitter, lighting, size)
 
     def render(self, image: Image.Image, params: Params) -> np.ndarray:
-        """Decode and augment an opened image with the given choices: uint8 ``(size, size, 3)``."""
-        out = decode_box(image, params.box, self.size, self.fast)
+        """Decode and augment an opened image with the given choices: uint8 ``(side, side, 3)``,
+        side ``params.size`` or the transform's ``size``."""
+        out = decode_box(image, params.box, params.size or self.size, self.fast)
         if params.flip:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if params.jitter:
@@ -259,8 +264,8 @@ class ImageTransform:
             pixels = pca_lighting(pixels, params.lighting)
         return pixels
 
-    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> np.ndarray:
-        return self.render(image, self.sample(image.width, image.height, rng))
+    def __call__(self, image: Image.Image, rng: random.Random | None = None, size: int = 0) -> np.ndarray:
+        return self.render(image, self.sample(image.width, image.height, rng, size))
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:

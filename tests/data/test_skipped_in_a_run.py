@@ -1,0 +1,48 @@
+"""Unreadable image files over a whole run: counted once, kept across a resume, in the summary."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from largebatch.config import build_config, load_recipe
+from largebatch.errors import Interrupted
+from largebatch.train import train
+
+
+def imagenet_config(data, out, **overrides):
+    values = {"data.dataset": "imagenet", "data.data_dir": str(data), "data.image_size": 16,
+              "data.augmentation": "minimal", "data.workers": 0, "model.name": "resnet20", "run.out": str(out),
+              "run.epochs": 3, "run.batch_size": 8, "run.micro_batch_size": 8, "run.threads": 1,
+              "schedule.warmup_epochs": 0.0, "optimizer.lr": 0.1, "run.checkpoint_every": 1, **overrides}
+    return build_config(load_recipe("fashion_mnist"), values)
+
+
+def test_skipped_files_survive_a_resume_and_reach_the_summary(tmp_path, helpers, monkeypatch, capsys):
+    data = helpers.write_imagenet(tmp_path / "imagenet", classes=("n01", "n02"), train_per_class=8,
+                                  val_per_class=2, size=(24, 20))
+    helpers.corrupt(data / "train" / "n01" / "n01_3.JPEG")
+    helpers.truncate(data / "val" / "n02" / "n02_0.JPEG")
+    out = tmp_path / "run"
+
+    from largebatch.optim.lars import LARS
+    original_step, calls = LARS.step, {"n": 0}
+
+    def step_then_signal(self, closure=None):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2 (2 steps per epoch), after the first evaluation and checkpoint
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_step(self, closure)
+
+    monkeypatch.setattr(LARS, "step", step_then_signal)
+    with pytest.raises(Interrupted, match="at step 4"):  # seen at the next log boundary: the end of epoch 2
+        train(imagenet_config(data, out))
+    first = capsys.readouterr().err
+    assert first.count("skipped unreadable image") == 2  # one training file, one test file
+    monkeypatch.setattr(LARS, "step", original_step)
+    summary = train(imagenet_config(data, out), resume="auto")
+    second = capsys.readouterr().err
+    assert "skipped unreadable image" not in second  # both were restored from the checkpoint
+    assert summary["skipped_files"] == 2
+    assert json.loads((out / "summary.json").read_text())["skipped_files"] == 2
