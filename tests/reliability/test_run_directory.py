@@ -57,6 +57,7 @@ def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path, train_argv, hel
     assert not (out / LOCK_NAME).exists()  # released on exit
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_on_one_out_leave_one_run(tmp_path, tiny_data, cli_env):
     """Two processes race for one --out: one finishes, the other is refused in one line; the
     directory holds one run's records (each epoch once)."""
@@ -88,6 +89,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, train_argv, cli)
     assert not (out / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_sigterm_exits_with_143_after_saving(tmp_path, tiny_data, cli_env):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "largebatch", "train", "--data-dir", str(tiny_data), "--out", str(out),
