@@ -10,25 +10,23 @@ the batches are the same for any number of workers, including none.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from largebatch.data.files import Batch, ImageFileDataset
+from largebatch.data.prefetch import machine_input_settings
 
 Request = tuple[Sequence[int], Sequence[int] | None, int]  # (indices, stream positions or None, side)
 
 
 def resolve_workers(workers: int) -> int:
-    """``-1``: the CPU cores of this machine shared among its training processes
-    (``LOCAL_WORLD_SIZE``), less one for the training process itself; at least 1, at most 32."""
+    """``-1``: the workers :func:`largebatch.data.prefetch.choose_input_settings` gives this machine
+    (the one worker policy: its cores shared among its training processes, less one for each)."""
     if workers >= 0:
         return workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(32, cores // local_processes - 1))
+    return machine_input_settings("cpu", workers=workers).workers
 
 
 class _BatchReader(Dataset):
