@@ -67,7 +67,7 @@ class DivergenceError(UserError):
 
 
 class PeerFailure(UserError):
-    """Another process of the job died (its collective failed); the checkpoints are intact."""
+    """Another process of the job, or a data loader process, died; the checkpoints are intact."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,10 +93,13 @@ def train(config: Config, resume: str = "", *, extend_schedule: bool = False, mo
         try:
             return _train(config, context, out, resume, extend_schedule, model, train_set, test_set, stop)
         except RuntimeError as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
             if context.enabled and distributed.is_peer_failure(error):
-                raise PeerFailure(f"another process of this job failed ({str(error).strip().splitlines()[0][:120]}); "
-                                  f"the checkpoints in {out / 'checkpoints'} are intact: start the job again with "
-                                  "--resume auto") from None
+                raise PeerFailure(f"another process of this job failed ({first_line}); the checkpoints in "
+                                  f"{out / 'checkpoints'} are intact: start the job again with --resume auto") from None
+            if "DataLoader worker" in str(error):  # killed (out of memory?) or crashed while decoding
+                raise PeerFailure(f"a data loader process died ({first_line}); the checkpoints in {out / 'checkpoints'} "
+                                  "are intact: check memory (fewer --workers) and resume with --resume auto") from None
             raise
         finally:
             distributed.teardown(context)

@@ -46,3 +46,27 @@ def test_skipped_files_survive_a_resume_and_reach_the_summary(tmp_path, helpers,
     assert "skipped unreadable image" not in second  # both were restored from the checkpoint
     assert summary["skipped_files"] == 2
     assert json.loads((out / "summary.json").read_text())["skipped_files"] == 2
+
+
+def test_a_killed_loader_worker_is_one_line(tmp_path, helpers, monkeypatch, capsys):
+    """A worker process dies mid-run (here it exits; the kernel's OOM killer is the usual cause)."""
+    import torch.utils.data
+
+    from largebatch.cli import main
+    from largebatch.data.files import ImageFileDataset
+
+    data = helpers.write_imagenet(tmp_path / "imagenet", classes=("n01", "n02"), train_per_class=8,
+                                  val_per_class=2, size=(24, 20))
+    original = ImageFileDataset.load_batch
+
+    def dies_in_a_worker(self, *args, **kwargs):
+        if torch.utils.data.get_worker_info() is not None:
+            os._exit(1)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(ImageFileDataset, "load_batch", dies_in_a_worker)
+    code = main(["train", "--dataset", "imagenet", "--data-dir", str(data), "--image-size", "16", "--model",
+                 "resnet20", "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--workers", "1",
+                 "--threads", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "a data loader process died" in err[0] and "--resume auto" in err[0]
