@@ -60,6 +60,7 @@ from largebatch.data import STATS, ImageFileDataset, Normalizer, imagenet
 from largebatch.data.loader import file_batches
 from largebatch.data.prefetch import available_cores, machine_input_settings, prefetch_to_device
 from largebatch.data.transforms import train_transform
+from largebatch.derive import split_batch
 from largebatch.errors import ConfigError, UserError
 from largebatch.optim import build_optimizer
 from largebatch.precision import PRECISIONS, Precision
@@ -166,7 +167,7 @@ class OurLoop:
         # Two steps of uint8 micro-batches in host memory, channels-last and (on CUDA) pinned, as
         # the loader's workers deliver them; each step copies them to the device again.
         generator = torch.Generator().manual_seed(seed)
-        accumulation = batch // micro_batch
+        accumulation = split_batch(batch, 1, micro_batch).accumulation_steps
         pool = []
         for _ in range(2):
             step = []

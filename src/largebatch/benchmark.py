@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from largebatch.derive import split_batch
 from largebatch.errors import ConfigError
 
 MB = 1e6
@@ -73,7 +74,7 @@ def measure_training_rate(model_name: str, batch_size: int = 256, micro_batch_si
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     images = torch.randn(micro, channels, size, size).contiguous(memory_format=memory_format)
     labels = torch.randint(0, num_classes, (micro,))
-    accumulation = batch_size // micro
+    accumulation = split_batch(batch_size, 1, micro).accumulation_steps
     step_seconds = []
     for step in range(warmup + steps):
         start = time.perf_counter()
