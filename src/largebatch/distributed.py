@@ -8,6 +8,7 @@ it initialises the process group: NCCL on CUDA, gloo on CPU, unless told otherwi
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -83,7 +84,11 @@ def setup(device: str = "auto", backend: str = "auto", threads: int = 0) -> Dist
 
 
 def teardown(context: DistributedContext) -> None:
+    """Destroy the process group, after collecting what still refers to it: a DDP model left to the
+    interpreter's final clean-up frees its gloo work objects without the GIL, which aborts the
+    process ("terminate called without an active exception") now and then."""
     if context.enabled and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
