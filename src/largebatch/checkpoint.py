@@ -241,6 +241,10 @@ RUN_DEFINING_KEYS = (("model", "name"), ("model", "zero_init_residual"), ("data"
                      ("data", "synthetic_images"), ("data", "label_smoothing"), ("optimizer", "name"), ("run", "batch_size"), ("run", "seed"))
 
 
+# Settings whose 0 means "from the data set"; run files now hold the resolved value, older ones 0.
+RESOLVED_FROM_DATA = {("data", "image_size"), ("data", "num_classes")}
+
+
 def schedule_keys(config) -> list[tuple[str, str]]:
     return [("run", "epochs")] + [("schedule", key) for key in vars(config.schedule)]
 
@@ -256,8 +260,8 @@ def resume_differences(saved: dict[str, Any], config, extend_schedule: bool = Fa
             continue
         for key, now in vars(values).items():
             before = saved.get(section, {}).get(key, now) if isinstance(saved.get(section), dict) else now
-            if before == now:
-                continue
+            if before == now or (section, key) in RESOLVED_FROM_DATA and before == 0:
+                continue  # equal, or "from the data set" in a checkpoint that saved the setting unresolved
             if (section, key) in defining:
                 refusals.append(f"{section}.{key} is {before!r} there and {now!r} here")
             else:

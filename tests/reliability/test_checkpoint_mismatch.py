@@ -89,3 +89,34 @@ def test_resume_with_another_batch_size_is_refused_by_name(finished_run, tmp_pat
     code, _, err = cli(["train", "--out", str(out), *flags, "--batch-size", "32", "--micro-batch-size", "32",
                         "--resume", "auto"])
     helpers.assert_one_line_error(code, err, "batch_size", "64", "32")
+
+
+def test_a_format_1_checkpoint_resumes_to_the_same_weights(finished_run, tmp_path, helpers, cli):
+    """Checkpoints written before the training state was saved by name (format 1: metrics and
+    epoch sums as positional lists, image_size and num_classes saved unresolved as 0) still
+    resume, to the weights of the uninterrupted run."""
+    source, flags = finished_run
+    out = helpers.copy_run(source, tmp_path / "run")
+    for path in checkpoint.list_checkpoints(out / "checkpoints"):
+        path.unlink()
+        path.with_suffix(".sha256").unlink()
+    (out / "summary.json").unlink()
+    state = checkpoint.load(checkpoint.checkpoint_path(source / "checkpoints", 4))
+    train_state = state.pop("train_state")
+    state.pop("data")
+    state.update(format_version=1, metrics=train_state["records"], train_time_s=train_state["train_time_s"],
+                 epoch_accumulators=[train_state["epoch_loss_sum"], train_state["epoch_steps"],
+                                     train_state["epoch_images"], train_state["epoch_time_s"]],
+                 skipped_steps=0, skipped_files=[])
+    state["config"]["data"].update(image_size=0, num_classes=0)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    (out / "checkpoints" / "step-00000004.pt").write_bytes(buffer.getvalue())
+    code, stdout, err = cli(["train", "--out", str(out), *flags, "--resume", "auto"])
+    assert code == 0, err
+    assert "resumed from step 4" in stdout
+    final = checkpoint.load(checkpoint.list_checkpoints(out / "checkpoints")[-1])
+    reference = checkpoint.load(checkpoint.list_checkpoints(source / "checkpoints")[-1])
+    assert final["step"] == reference["step"] == 8
+    for key, value in reference["model"].items():
+        assert torch.equal(value, final["model"][key]), key
