@@ -233,11 +233,16 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
                              "in DIRECTORY (runs done elsewhere); repeatable; a run directory wins over a merged row")
     parser.add_argument("--strict", action="store_true",
                         help="stop on a damaged run or merged row (default: leave it out with a warning)")
+    parser.add_argument("--min-top1", type=float, default=None, metavar="X",
+                        help="in the LR sweeps, a run that ended below this test top-1 counts as failed, like a "
+                             "diverged one (default: the study file's study.min_top1, else 0)")
 
 
 def run_report(args: argparse.Namespace) -> int:
     from largebatch.study.report import write_report
-    path = write_report(args.directory, args.out, args.merge, strict=args.strict)
+    if args.min_top1 is not None and not 0 <= args.min_top1 <= 1:
+        raise UserError(f"--min-top1: expected a number in [0, 1], got {args.min_top1}")
+    path = write_report(args.directory, args.out, args.merge, strict=args.strict, min_top1=args.min_top1)
     print(path.read_text(encoding="utf-8"), end="")
     return 0
 

@@ -52,7 +52,7 @@ def test_lr_factors_multiply_the_rate_and_name_every_run():
     run = names["sgd_nesterov-b16384-none-s0-lr0.25"]
     assert run.config.optimizer.lr == 0.05 * 0.25 and run.lr_factor == 0.25
     assert names["lars-b4096-none-s0-lr1"].config.optimizer.lr == 10.0
-    assert len(study.runs) == 3 * 2 * 5 and study.best_seeds == [1, 2] and study.widen_limit == 3
+    assert len(study.runs) == 3 * 2 * 5 and study.best_seeds == [1, 2] and study.widen_limit == 6 and study.min_top1 == 0.5
     baseline = load_study("tuned_fashion_mnist_baseline")
     assert baseline.out == study.out and not baseline.sweeps
     assert [r.name for r in baseline.runs][:3] == ["sgd_nesterov-b128-none-s0", "sgd_nesterov-b128-none-s1",
@@ -100,6 +100,7 @@ BAD = [
     ("[study]\nbatch_sizes = [64]\nlr_factors = [inf]\n[variants.a]\n", r"study.lr_factors\[0\]"),
     ("[study]\nbatch_sizes = [64]\nwiden_limit = 11\n[variants.a]\n", "study.widen_limit"),
     ("[study]\nbatch_sizes = [64]\nwiden_limit = -1\n[variants.a]\n", "study.widen_limit"),
+    ("[study]\nbatch_sizes = [64]\nmin_top1 = 1.5\n[variants.a]\n", "study.min_top1"),
     ('[study]\nbatch_sizes = [64]\n[variants."../../../ESCAPED"]\n', "variant name '../../../ESCAPED' is not allowed"),
     ('[study]\nbatch_sizes = [64]\n[variants."/tmp/abs"]\n', "variant name '/tmp/abs' is not allowed"),
     ('[study]\nbatch_sizes = [64]\n[variants.lars-bias_excluded]\n', "variant name 'lars-bias_excluded'"),

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from largebatch.study.sweep import Result, analyse, best_point, curve, curve_seeds, next_factor
+from largebatch.study.sweep import Result, analyse, best_point, curve, curve_seeds, failed_below, next_factor
 
 GRID = [0.25, 0.5, 1.0, 2.0, 4.0]
 
@@ -128,3 +128,19 @@ def test_a_widened_factor_is_written_exactly_by_its_run_name():
     # 0.3 x 0.3 / 0.6 is 0.15000000000000002 in floating point; the run name says 0.15
     widening = next_factor(curve(results({0.3: 0.9, 0.6: 0.8, 1.2: 0.7})), 0.3, 1.2, 3)
     assert widening.lr_factor == 0.15 and f"{widening.lr_factor:g}" == "0.15"
+
+
+def test_runs_below_min_top1_count_as_failed_and_the_sweep_widens_past_them():
+    """The observed case: Nesterov SGD at batch 16384, x1/16 ended at 20.4%, x1/8 at 32.7%, the
+    larger factors diverged. Ranked as they are, x1/8 is an interior best (a finished neighbour
+    below, a diverged one above); as failures (below min_top1 0.5) the cell failed everywhere and
+    widens downwards."""
+    results = [Result(0.0625, 0, 0.2045, False), Result(0.125, 0, 0.3274, False)] + [
+        Result(f, 0, None, True) for f in (0.25, 0.5, 1.0, 2.0, 4.0)]
+    assert next_factor(curve(results), 0.25, 4.0, 6) is None
+    failed = failed_below(results, 0.5)
+    assert best_point(curve(failed)) is None
+    widening = next_factor(curve(failed), 0.25, 4.0, 6)
+    assert widening.lr_factor == 0.03125 and "every factor diverged" in widening.reason
+    assert failed_below(results, 0.0) == results
+    assert failed_below([Result(1.0, 0, 0.9, False)], 0.5) == [Result(1.0, 0, 0.9, False)]

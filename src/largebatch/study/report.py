@@ -32,6 +32,7 @@ import io
 import json
 import math
 import statistics
+import tomllib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,15 +92,16 @@ class CellReport:
     best_rows: list[Row] = field(default_factory=list)   # the runs at the best factor (all, if none)
 
 
-def analyse_cells(rows: list[Row]) -> dict[Cell, CellReport]:
-    """Every cell of the rows with its sweep; the curve seeds are those present at every factor."""
+def analyse_cells(rows: list[Row], min_top1: float = 0.0) -> dict[Cell, CellReport]:
+    """Every cell of the rows with its sweep; the curve seeds are those present at every factor;
+    runs that ended below ``min_top1`` count as failed (:func:`largebatch.study.sweep.failed_below`)."""
     grouped: dict[Cell, list[Row]] = defaultdict(list)
     for r in rows:
         grouped[cell_of(r)].append(r)
     cells = {}
     for cell, mine in sorted(grouped.items()):
         results = [sweeps.Result(r["lr_factor"], r["seed"], r["top1"], bool(r["diverged"])) for r in mine]
-        analysis = sweeps.analyse(results)
+        analysis = sweeps.analyse(sweeps.failed_below(results, min_top1))
         best = analysis.best.lr_factor if analysis.best else None
         cells[cell] = CellReport(cell, mine, analysis,
                                  [r for r in mine if r["lr_factor"] == best] if best is not None else list(mine))
@@ -134,7 +136,7 @@ def _best_top1(c: CellReport) -> str:
     return text
 
 
-def sweep_tables(cells: dict[Cell, CellReport]) -> str:
+def sweep_tables(cells: dict[Cell, CellReport], min_top1: float = 0.0) -> str:
     """Markdown: per swept cell, the factors, the best factor and its top-1 over seeds, and the
     good LR range; then best top-1 and range width by batch size and variant."""
     swept = {k: c for k, c in cells.items() if c.sweep.swept}
@@ -146,8 +148,11 @@ def sweep_tables(cells: dict[Cell, CellReport]) -> str:
             "its seeds (n). Good-LR range: the consecutive factors around the best, none diverged, whose "
             "top-1 is within 0.5 point of the best; its width is log2(largest / smallest factor), i.e. in "
             "factors of 2, \"≥\" when the range reaches an end of the sweep. \"edge\": the best is the "
-            "smallest or largest factor swept.\n",
-            f"| variant |{' augmentation |' if several_levels else ''} batch | factors swept | diverged at | best "
+            "smallest or largest factor swept."
+            + (f" Failed: diverged, or ended below {100 * min_top1:g}% top-1 (the study's min_top1: it did not "
+               "train); a failed run ranks with the diverged ones.\n" if min_top1 else "\n"),
+            f"| variant |{' augmentation |' if several_levels else ''} batch | factors swept | "
+            f"{'failed' if min_top1 else 'diverged'} at | best "
             "factor | peak LR | top-1 at best (%) | good-LR range | width (log2) |",
             f"|---|{'---|' if several_levels else ''}---:|---|---|---:|---:|---:|---|---:|"]
     for (name, level, batch), c in sorted(swept.items(), key=lambda item: (item[0][2], item[0][0], item[0][1])):
@@ -516,11 +521,24 @@ class Report:
     warnings: list[str]
 
 
+def study_min_top1(directory: Path) -> float:
+    """The ``min_top1`` of the study file a study directory holds (``study.toml``), else 0."""
+    try:
+        value = tomllib.loads((directory / "study.toml").read_text(encoding="utf-8")).get("study", {}).get("min_top1", 0.0)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        return 0.0
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1 else 0.0
+
+
 def build_report(directory: str | Path, merge: list[str] | tuple[str, ...] = (), strict: bool = False,
-                 title: str = "") -> Report:
+                 title: str = "", min_top1: float | None = None) -> Report:
     """The report of a run or study directory plus the rows of earlier results.json files
-    (``merge``) for runs whose directories are not there; nothing is written."""
+    (``merge``) for runs whose directories are not there; nothing is written. ``min_top1``
+    (default: the study directory's ``study.toml``, else 0): runs ending below it count as
+    failed in the sweeps."""
     directory = Path(directory)
+    if min_top1 is None:
+        min_top1 = study_min_top1(directory)
     rows, warnings = collect_runs(directory, strict) if directory.exists() else ([], [])
     for source in merge:
         merged, skipped = load_results(source, strict)
@@ -529,7 +547,7 @@ def build_report(directory: str | Path, merge: list[str] | tuple[str, ...] = (),
     if not rows:
         raise UserError(f"{directory}: no complete runs (run directories with summary.json) found"
                         + (f" ({len(warnings)} damaged, skipped)" if warnings else ""))
-    cells = analyse_cells(rows)
+    cells = analyse_cells(rows, min_top1)
     best = best_factor_rows(cells)
     swept = any(c.sweep.swept for c in cells.values())
     several_levels = len(augmentation_levels(rows)) > 1
@@ -551,7 +569,7 @@ def build_report(directory: str | Path, merge: list[str] | tuple[str, ...] = (),
     if warnings:
         text.append(f"{len(warnings)} damaged run(s) left out: " + "; ".join(warnings) + "\n")
     if swept:
-        text.append(sweep_tables(cells))
+        text.append(sweep_tables(cells, min_top1))
         files["sweeps.json"] = (json.dumps(sweeps_json(cells), indent=2) + "\n").encode()
         for batch in sorted({k[2] for k, c in cells.items() if c.sweep.swept}):
             files[f"sweep_b{batch}.png"] = plot_sweep(cells, batch)
@@ -568,13 +586,13 @@ def build_report(directory: str | Path, merge: list[str] | tuple[str, ...] = (),
 
 
 def write_report(directory: str, out: str = "", merge: list[str] | tuple[str, ...] = (),
-                 strict: bool = False) -> Path:
+                 strict: bool = False, min_top1: float | None = None) -> Path:
     """Compute the report of a run or study directory (:func:`build_report`), then write each of
     its files atomically into ``out`` (default: the directory itself); returns report.md's path.
     Damaged runs left out are printed as one warning line each on stderr."""
     import sys
 
-    report = build_report(directory, merge, strict)
+    report = build_report(directory, merge, strict, min_top1=min_top1)
     for warning in report.warnings:
         print(f"largebatch: warning: {warning}", file=sys.stderr)
     out_path = Path(out) if out else Path(directory)

@@ -33,7 +33,7 @@ from largebatch.study.names import GridPoint, parse_run_name
 from largebatch.study.outputs import REPORT_FILES, RUN_FILES
 from largebatch.study.runs import DamagedRun, read_run
 from largebatch.study.spec import Study, StudyRun
-from largebatch.study.sweep import Result, analyse, curve, next_factor
+from largebatch.study.sweep import Result, analyse, curve, failed_below, next_factor
 
 # What a study directory may hold besides its run folders: the study file's copy, the outputs of
 # report and critical-batch (and their PNG plots), and hidden files (locks, atomic writes).
@@ -179,7 +179,7 @@ class StudyRunner:
                 self.log(f"{_cell_name(cell)}: cannot decide more runs: {error}")
                 return None
             results.append(Result(point.lr_factor, point.seed, summary["top1"], summary["diverged"]))
-        return results
+        return failed_below(results, self.study.min_top1)
 
     def cell_points(self, cell: tuple[str, str, int], seeds: list[int]) -> list[GridPoint]:
         """The grid points of a cell for ``seeds`` at every factor it has so far (the study's

@@ -44,7 +44,7 @@ from largebatch.study.runs import peak_lr
 
 STUDY_DIR = cfg.RECIPE_DIR / "studies"
 STUDY_KEYS = ("base", "batch_sizes", "epochs", "seeds", "augmentations", "lr_factors", "widen_limit", "best_seeds",
-              "out", "description")
+              "min_top1", "out", "description")
 MAX_RUNS = 10_000          # a grid larger than this is a typo (or a month of GPU time): refused
 MAX_WIDEN_LIMIT = 10       # 2^10 = 1024x beyond the grid's ends
 DEFAULT_WIDEN_LIMIT = 3
@@ -60,11 +60,13 @@ class _StudyFields:
     lr_factor: float = cfg.option(1.0, "multiplies the variant's optimizer.lr", min=0.0, min_exclusive=True)
     widen_limit: int = cfg.option(DEFAULT_WIDEN_LIMIT, "factors a sweep may add beyond each end", min=0,
                                   max=MAX_WIDEN_LIMIT)
+    min_top1: float = cfg.option(0.0, "a run ending below this test top-1 failed, as a diverged one (0: off)",
+                                 min=0.0, max=1.0)
 
 
 # The fields whose validation the study's keys use: every recipe field, and the two above.
 _FIELDS = {f"{s}.{f.name}": f for s in cfg.SECTIONS for f in cfg.section_fields(s)}
-_FACTOR_FIELD, _WIDEN_FIELD = dataclasses.fields(_StudyFields)
+_FACTOR_FIELD, _WIDEN_FIELD, _MIN_TOP1_FIELD = dataclasses.fields(_StudyFields)
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Study:
     widen_limit: int
     recipes: dict[str, dict[str, dict[str, Any]]] = field(repr=False)
     epochs: int | None = None
+    min_top1: float = 0.0  # a run ending below this top-1 failed (sweep.failed_below)
 
     @property
     def sweeps(self) -> bool:
@@ -208,6 +211,7 @@ def load_study(path_or_name: str, out: str = "") -> Study:
     lr_factors = _list(path, "lr_factors", study.get("lr_factors"), _FACTOR_FIELD, default=[1.0])
     widen_limit = cfg.check_value(f"study {path}: study.widen_limit", _WIDEN_FIELD,
                                   study.get("widen_limit", DEFAULT_WIDEN_LIMIT))
+    min_top1 = cfg.check_value(f"study {path}: study.min_top1", _MIN_TOP1_FIELD, study.get("min_top1", 0.0))
     _no_repeats(path, "batch_sizes", batch_sizes)
     _no_repeats(path, "seeds", seeds)
     _no_repeats(path, "best_seeds", best_seeds)
@@ -243,7 +247,7 @@ def load_study(path_or_name: str, out: str = "") -> Study:
     if grid_size > MAX_RUNS:
         raise ConfigError(f"study {path}: the grid has {grid_size:,} runs, more than {MAX_RUNS:,}; split the study")
     result = Study(path, Path(out_text), description, [], lr_factors, seeds, best_seeds, widen_limit, recipes,
-                   epochs)
+                   epochs, min_top1)
     for variant, recipe in recipes.items():
         own_augmentation = _variant_augmentation(path, variant, recipe)
         for batch, augmentation, seed, factor in itertools.product(

@@ -6,7 +6,10 @@ Definitions (docs/study/README.md, "Tuned sweeps"):
 
 - **The curve** of a cell: one point per LR factor, over the *curve seeds* (the study's
   ``seeds``; in a report, the seeds present at every factor of the cell). A point is **diverged**
-  when any of its runs diverged; otherwise its top-1 is the mean of its runs' final test top-1.
+  (failed) when any of its runs diverged, or, with the study's ``min_top1``, ended below that
+  test top-1 (it did not train: 20% after 20 epochs on a 10-class task is no point on a curve of
+  90% runs, and ranking it above another failure would stop a sweep at an artefact); otherwise
+  its top-1 is the mean of its runs' final test top-1.
 - **Ranking.** Every finished point ranks above every diverged point; finished points rank by
   top-1, ties going to the factor nearest 1 (the rule's own LR), then to the smaller factor. A
   diverged run has no top-1 (it failed), so diverged points are not ranked among themselves: a
@@ -136,6 +139,15 @@ def robust_range(points: list[FactorPoint], best: FactorPoint,
     while high < len(points) - 1 and good(points[high + 1]):
         high += 1
     return points[low].lr_factor, points[high].lr_factor, low == 0, high == len(points) - 1
+
+
+def failed_below(results: list[Result], min_top1: float) -> list[Result]:
+    """``results`` with every run that finished below ``min_top1`` marked as failed (diverged,
+    no top-1); ``min_top1`` 0 leaves them as they are."""
+    if min_top1 <= 0:
+        return list(results)
+    return [Result(r.lr_factor, r.seed, None, True) if r.top1 is not None and r.top1 < min_top1 else r
+            for r in results]
 
 
 def analyse(results: list[Result], seeds: set[int] | None = None, tolerance: float = TOLERANCE) -> CellSweep:
