@@ -15,12 +15,16 @@ import fcntl
 import json
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 
 from largebatch.errors import CheckpointWarning, ConfigError
 
 LOCK_NAME = ".lock"
+# Study processes with disjoint --only selections share a study directory and hold its lock only
+# while they write its own files (a moment): one waits this long for another before refusing.
+STUDY_LOCK_WAIT_S = 30.0
 # The files a run writes; anything else in a directory means it belongs to something else.
 RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "run.json", "plan.json", "checkpoints", "tensorboard",
              LOCK_NAME)
@@ -115,11 +119,14 @@ def _stale(lock: Path, owner: dict) -> bool:
 
 
 class RunLock:
-    """Hold ``directory``'s lock file for the lifetime of a ``with`` block (rank 0 only)."""
+    """Hold ``directory``'s lock file for the lifetime of a ``with`` block (rank 0 only).
+    ``wait_s``: how long to wait for a live owner to let go before refusing (0: refuse at once;
+    the study directory's lock is held for a moment at a time, so its users wait)."""
 
-    def __init__(self, directory: Path, command: str = ""):
+    def __init__(self, directory: Path, command: str = "", wait_s: float = 0.0):
         self.path = Path(directory) / LOCK_NAME
         self.command = command
+        self.wait_s = wait_s
         self._handle = None
 
     def __enter__(self) -> RunLock:
@@ -127,7 +134,9 @@ class RunLock:
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "job": job_id(),
                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                  "command": self.command}
-        for _ in range(2):
+        deadline = time.monotonic() + self.wait_s
+        takeovers = 0
+        while takeovers < 2:
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 break
@@ -138,6 +147,10 @@ class RunLock:
                         warnings.warn(f"{self.path}: taking over the lock of {describe_owner(existing)}, which is no "
                                       "longer running", CheckpointWarning, stacklevel=2)
                     self.path.unlink(missing_ok=True)
+                    takeovers += 1
+                    continue
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
                     continue
                 raise RunDirectoryError(f"{self.path.parent} is in use by {describe_owner(existing)}; wait for it to "
                                         f"finish or choose another --out (if no such process exists, delete {self.path})"

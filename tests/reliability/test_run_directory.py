@@ -150,3 +150,26 @@ def test_resume_auto_restarts_a_run_stopped_before_its_first_checkpoint(tmp_path
     code, _, err = cli(train_argv(out, "--resume", "auto"))
     assert code == 0, err
     assert (out / "summary.json").is_file()
+
+
+def test_a_lock_with_a_wait_takes_the_directory_once_its_owner_lets_go(tmp_path, cli_env):
+    """The study directory's lock is held a moment at a time: a second study process waits for it
+    (wait_s) instead of failing; without a wait the same lock is refused at once."""
+    from largebatch.rundir import RunDirectoryError, RunLock
+
+    out = tmp_path / "study"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from largebatch.rundir import RunLock\n"
+                               f"with RunLock(Path({str(out)!r}), 'a study writing its files'):\n"
+                               "    print('locked', flush=True); time.sleep(1.5)"],
+                              env=cli_env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirectoryError, match="is in use by process"):
+            with RunLock(out):
+                pass
+        with RunLock(out, "the second study", wait_s=30) as lock:
+            assert json.loads(lock.path.read_text())["command"] == "the second study"
+    finally:
+        holder.wait(timeout=60)
+    assert not (out / LOCK_NAME).exists()

@@ -45,6 +45,6 @@ def write_outputs(out: Path, files: dict[str, bytes], directory: Path) -> None:
     from largebatch.checkpoint import write_atomic
 
     check_output_directory(out, directory)
-    with rundir.RunLock(out, " ".join(sys.argv)):
+    with rundir.RunLock(out, " ".join(sys.argv), wait_s=rundir.STUDY_LOCK_WAIT_S):
         for name, data in files.items():
             write_atomic(out / name, data)

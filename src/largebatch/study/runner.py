@@ -96,7 +96,7 @@ class StudyRunner:
             # The study directory's lock is held only while its own files are written: several
             # study processes with disjoint --only selections may share it (each run directory is
             # locked by its run for the whole run).
-            with rundir.RunLock(study.out, " ".join(sys.argv)):
+            with rundir.RunLock(study.out, " ".join(sys.argv), wait_s=rundir.STUDY_LOCK_WAIT_S):
                 check_study_directory(study.out)
                 write_atomic(study.out / "study.toml", study.path.read_bytes())
         for run in study.runs:
