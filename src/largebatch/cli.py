@@ -202,6 +202,10 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="settings",
                         help="set a recipe key on the runs selected (with --only/--exclude), e.g. "
                              "run.noise_scale=true; repeatable (default: none)")
+    parser.add_argument("--merge", action="append", default=[], metavar="RESULTS_JSON",
+                        help="count the runs of this study in an earlier report's results.json as done (runs done "
+                             "on other machines): skipped, and used to widen the sweeps and place the extra seeds; "
+                             "the report at the end includes them; repeatable")
     parser.add_argument("--dry-run", action="store_true", help="list the runs without training (default: off)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end (default: write it)")
 
@@ -211,14 +215,14 @@ def run_study(args: argparse.Namespace) -> int:
     from largebatch.study.spec import parse_setting
     settings = dict(parse_setting(text) for text in args.settings)
     study = load_study(args.study, args.out)
-    run(study, only=args.only, dry_run=args.dry_run, exclude=args.exclude, settings=settings)
+    run(study, only=args.only, dry_run=args.dry_run, exclude=args.exclude, settings=settings, merge=args.merge)
     if not args.dry_run and not args.no_report:
         from largebatch.rundir import RunDirectoryError
         from largebatch.study.report import write_report
         from largebatch.study.runs import find_run_dirs
         if find_run_dirs(study.out):
             try:
-                print(f"report: {write_report(str(study.out))}")
+                print(f"report: {write_report(str(study.out), merge=args.merge)}")
             except RunDirectoryError as error:  # another study process is writing it: the runs are done
                 print(f"largebatch: warning: report not written ({error}); write it later with "
                       f"largebatch report {study.out}", file=sys.stderr)

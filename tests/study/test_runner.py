@@ -410,3 +410,45 @@ data = {{ data_dir = "{tiny_data}", train_subset = 256, workers = 0 }}
         assert used <= {(b, sweeps[("lars", b)]["best_factor"]) for b in (64, 128)}
     else:
         assert captured.err.count("\n") == 1
+
+
+def test_merged_results_of_another_machine_count_as_done_and_decide_the_widening(tmp_path, fake_engine, capsys):
+    """The whole study ran elsewhere: with its results.json merged, a fresh study directory trains
+    nothing; without the rows of one cell's widened runs, exactly those are trained again, and the
+    extra seeds still go to that cell's best."""
+    from largebatch.study.report import write_report
+
+    elsewhere = sweep_study(tmp_path)
+    runner.run_study(elsewhere)
+    write_report(str(elsewhere.out), str(tmp_path / "report"))
+    results = tmp_path / "report" / "results.json"
+    rows = json.loads(results.read_text())
+    fake_engine.trained.clear()
+
+    here = load_study(str(tmp_path / "sweep.toml"), out=str(tmp_path / "here"))
+    runner.run_study(here, merge=[str(results)])
+    assert fake_engine.trained == []
+    assert f"merged {len(rows)} run(s) of this study from {results}" in capsys.readouterr().out
+
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps([r for r in rows if not r["run"].startswith("up-b4096-none-s0-lr") or
+                                   r["lr_factor"] <= 2]))
+    runner.run_study(load_study(str(tmp_path / "sweep.toml"), out=str(tmp_path / "again")), merge=[str(partial)])
+    assert [name for name, _ in fake_engine.trained] == ["up-b4096-none-s0-lr4", "up-b4096-none-s0-lr8",
+                                                         "up-b4096-none-s0-lr16"]
+
+
+def test_a_merged_row_of_another_experiment_under_a_run_name_is_refused(tmp_path, fake_engine):
+    elsewhere = sweep_study(tmp_path)
+    runner.run_study(elsewhere, only="up-b4096-none-s0-lr1")
+    from largebatch.study.report import write_report
+    write_report(str(elsewhere.out), str(tmp_path / "report"))
+    rows = json.loads((tmp_path / "report" / "results.json").read_text())
+    rows[0]["epochs"] = 90
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(rows))
+    fake_engine.trained.clear()
+    with pytest.raises(ConfigError, match=r"bad.json: run up-b4096-none-s0-lr1 differs from this study's run of "
+                                          r"that name in epochs"):
+        runner.run_study(load_study(str(tmp_path / "sweep.toml"), out=str(tmp_path / "here")), merge=[str(bad)])
+    assert fake_engine.trained == []

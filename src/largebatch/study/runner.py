@@ -3,7 +3,10 @@
 Each run is an ordinary run directory ``<out>/<name>`` (:mod:`largebatch.study.names`). A run with
 a ``summary.json`` is complete and skipped; an interrupted one resumes from its last checkpoint.
 So a study stopped anywhere is resumed by running the same command again, and runs copied in
-from elsewhere (same name) count as done.
+from elsewhere (same name) count as done. So do the rows of results.json files given with
+``--merge`` (runs done on other machines, whose directories are not here): each is checked
+against the run this study would make under its name (epochs, optimizer, peak LR), skipped, and
+its result used to widen the sweeps and place the extra seeds; a run directory wins over a row.
 
 Order of work, each step decided from the results on disk:
 
@@ -31,7 +34,7 @@ from largebatch import rundir
 from largebatch.errors import ConfigError, Interrupted
 from largebatch.study.names import GridPoint, parse_run_name
 from largebatch.study.outputs import REPORT_FILES, RUN_FILES
-from largebatch.study.runs import DamagedRun, read_run
+from largebatch.study.runs import DamagedRun, load_results, peak_lr, read_run
 from largebatch.study.spec import Study, StudyRun
 from largebatch.study.sweep import Result, analyse, curve, failed_below, next_factor
 
@@ -73,12 +76,50 @@ class StudyRunner:
     ``settings``: ``section.key`` values set on every selected run (``--set``)."""
 
     def __init__(self, study: Study, only: str = "", exclude: str = "", dry_run: bool = False,
-                 settings: dict[str, Any] | None = None, log: Callable[[str], None] = print):
+                 settings: dict[str, Any] | None = None, log: Callable[[str], None] = print,
+                 merge: list[str] | tuple[str, ...] = ()):
         self.study, self.only, self.exclude, self.dry_run = study, only, exclude, dry_run
         self.settings = settings or {}
         self.log = log
         self.done: list[Path] = []
         self.count = 0
+        self.merged: dict[str, dict[str, Any]] = {}  # run name -> results.json row of a run done elsewhere
+        for source in merge:
+            self.merge_rows(source)
+
+    def merge_rows(self, source: str) -> None:
+        """Take the rows of ``source`` (a results.json) that name a run of this study; a row whose
+        epochs, optimizer or peak LR differ from the run this study makes under its name is an
+        error (it was another experiment), rows of other studies are left alone."""
+        rows, warnings = load_results(source)
+        for warning in warnings:
+            self.log(f"warning: {warning}")
+        taken = 0
+        for row in rows:
+            name = Path(row["run"]).name
+            point = parse_run_name(name)
+            if point is None or point.variant not in self.study.recipes or name in self.merged:
+                continue
+            try:
+                run = self.study.make_run(point.variant, point.batch_size, point.augmentation, point.seed,
+                                          point.lr_factor)
+            except ConfigError:
+                continue
+            if run.name != name:
+                continue
+            config = run.config
+            expected_lr = peak_lr(config)
+            differs = [what for what, same in (
+                ("epochs", row["epochs"] == config.run.epochs),
+                ("optimizer", row["optimizer"] == config.optimizer.name),
+                ("peak LR", row["lr"] is None or math.isclose(row["lr"], expected_lr, rel_tol=1e-6)))
+                if not same]
+            if differs:
+                raise ConfigError(f"{source}: run {name} differs from this study's run of that name in "
+                                  f"{', '.join(differs)}: it is another experiment; merge it into another study")
+            self.merged[name] = row
+            taken += 1
+        self.log(f"merged {taken} run(s) of this study from {source}")
 
     def selected(self, name: str) -> bool:
         return (not self.only or self.only in name) and not (self.exclude and self.exclude in name)
@@ -121,6 +162,9 @@ class StudyRunner:
             note = " (--set not applied)" if self.settings else ""
             self.log(f"{label}: complete, skipped{note}")
             self.done.append(out)
+            return
+        if run.name in self.merged:
+            self.log(f"{label}: done elsewhere (merged results), skipped")
             return
         if self.dry_run:
             self.log(f"{label}: would run")
@@ -169,6 +213,10 @@ class StudyRunner:
         results = []
         for point in points:
             directory = self.study.out / point.name
+            if not (directory / "summary.json").is_file() and point.name in self.merged:
+                row = self.merged[point.name]
+                results.append(Result(point.lr_factor, point.seed, row["top1"], row["diverged"]))
+                continue
             if not (directory / "summary.json").is_file():
                 if not self.dry_run:
                     self.log(f"{_cell_name(cell)}: waiting for {point.name} (not complete) before deciding more runs")
@@ -186,6 +234,10 @@ class StudyRunner:
         factors and the widened ones found on disk)."""
         variant, augmentation, batch = cell
         factors = set(self.study.lr_factors)
+        for name in self.merged:
+            point = parse_run_name(name)
+            if point.cell == cell and point.with_factor == self.study.sweeps and point.seed in self.study.seeds:
+                factors.add(point.lr_factor)
         if self.study.out.is_dir():
             for entry in self.study.out.iterdir():
                 point = parse_run_name(entry.name)
@@ -246,10 +298,10 @@ def _cell_name(cell: tuple[str, str, int]) -> str:
 
 
 def run_study(study: Study, only: str = "", dry_run: bool = False, exclude: str = "",
-              settings: dict[str, Any] | None = None) -> list[Path]:
-    """Run every incomplete selected run of the study (:class:`StudyRunner`); returns the run
-    directories of the selected runs that are complete."""
-    return StudyRunner(study, only, exclude, dry_run, settings).run()
+              settings: dict[str, Any] | None = None, merge: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """Run every incomplete selected run of the study (:class:`StudyRunner`) that no results.json
+    of ``merge`` holds; returns the run directories of the selected runs that are complete."""
+    return StudyRunner(study, only, exclude, dry_run, settings, merge=merge).run()
 
 
 def write_divergence_summary(run: StudyRun, out: Path, error) -> None:
