@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from largebatch.cli import main
-from largebatch.critical_batch import (fit_tradeoff, noise_scale_from_run, steps_by_batch, steps_to_target,
-                                       study_points)
+from largebatch.critical_batch import (RunPoint, best_factors, fit_tradeoff, noise_scale_from_run, steps_by_batch,
+                                       steps_to_target, study_points)
 from largebatch.errors import UserError
 
 S_MIN, E_MIN = 400.0, 1.2e6  # B_crit = 3,000
@@ -274,3 +274,62 @@ def test_a_failure_leaves_the_earlier_outputs_whole(study, tmp_path, capsys):
     assert main(["critical-batch", str(study), "--target-top1", "0.85", "--noise-run", str(damaged)]) == 2
     assert "grad_noise_scale is 'big'" in capsys.readouterr().err
     assert {name: (study / name).read_bytes() for name in before} == before
+
+
+def results_rows(study: Path) -> list[dict]:
+    """The results.json rows `largebatch report` writes for the complete runs of ``study``."""
+    rows = []
+    for run in sorted(p for p in study.iterdir() if (p / "summary.json").is_file()):
+        summary = json.loads((run / "summary.json").read_text())
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        variant, batch, _, seed = run.name.split("-")[:4]
+        rows.append({"run": run.name, "variant": variant, "optimizer": variant, "batch_size": int(batch[1:]),
+                     "augmentation": "none", "seed": int(seed[1:]), "lr_factor": 1.0, "lr": 1.0,
+                     "diverged": False, "top1": summary["top1"], "epochs": summary["epochs"],
+                     "steps": summary["steps"], "wall_s": 1.0,
+                     "top1_by_epoch": [[r["epoch"], r["top1"]] for r in records],
+                     "step_by_epoch": [[r["epoch"], r["step"]] for r in records]})
+    return rows
+
+
+def test_merged_rows_of_runs_done_elsewhere_give_the_same_fit(study, tmp_path, capsys):
+    """The study's runs as results.json rows, with no run directory here: the same steps to the
+    target and the same fit; rows written before step_by_epoch existed place each evaluation at
+    epoch x steps / epochs and say so; a run directory wins over a row of the same name."""
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(results_rows(study)))
+    assert main(["critical-batch", str(study), "--target-top1", "0.9", "--json"]) == 0
+    here = json.loads(capsys.readouterr().out)
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["critical-batch", str(elsewhere), "--target-top1", "0.9", "--merge", str(results), "--json"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert merged["steps_by_batch"] == here["steps_by_batch"]
+    assert merged["fit"]["critical_batch"] == here["fit"]["critical_batch"]
+
+    old_rows = [{k: v for k, v in row.items() if k != "step_by_epoch"} for row in results_rows(study)]
+    points = study_points(tmp_path / "nothing", 0.90, "lars", merge=[str(_write(tmp_path / "old.json", old_rows))])
+    assert all("epoch x steps / epochs" in p.note for p in points)
+    for batch, steps in steps_by_batch(points).items():
+        assert steps == pytest.approx(formula_steps(batch), rel=0.02)
+
+    shifted = [dict(row, step_by_epoch=[[e, s * 2] for e, s in row["step_by_epoch"]]) for row in results_rows(study)]
+    both = study_points(study, 0.90, "lars", merge=[str(_write(tmp_path / "shifted.json", shifted))])
+    assert steps_by_batch(both) == pytest.approx({int(b): s for b, s in here["steps_by_batch"].items()})
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_with_min_top1_a_batch_whose_runs_did_not_train_has_no_best_factor():
+    """Nesterov SGD at 16384: 20% and 33% top-1 where the larger factors diverged. Without the
+    study's min_top1 the 33% run would stand for the batch size; with it, none does."""
+    def point(factor, top1, diverged=False):
+        return RunPoint(run=f"sgd-b16384-none-s0-lr{factor:g}", variant="sgd", batch_size=16384, seed=0,
+                        lr_factor=factor, augmentation="none", complete=True, steps=None, examples=None,
+                        epoch=None, top1=top1, diverged=diverged)
+    points = [point(0.0625, 0.2045), point(0.125, 0.3274), point(0.25, None, True)]
+    assert best_factors(points) == {16384: 0.125}
+    assert best_factors(points, min_top1=0.5) == {16384: None}
+    assert best_factors(points + [point(0.03125, 0.86)], min_top1=0.5) == {16384: 0.03125}

@@ -13,7 +13,8 @@ fewest examples. The paper predicts B_crit ~ B_noise, the gradient noise scale m
 target (``largebatch.noise_scale``; B_simple estimates it).
 
 ``largebatch critical-batch STUDY_DIR --target-top1 X`` reads a study's run directories (complete or
-still running; each file validated, a damaged run skipped with a warning), finds where each run's
+still running; each file validated, a damaged run skipped with a warning) and, with ``--merge``,
+the rows of earlier reports' results.json files (runs done on other machines), finds where each run's
 test top-1 first reaches X (linear interpolation between evaluations, in optimizer steps), takes
 per batch size the runs at the cell's best LR factor (the factor with the best final top-1, as
 ``largebatch report`` ranks them; ``--lr-choice fastest``: the fewest steps), fits S_min and E_min
@@ -40,8 +41,9 @@ from largebatch.config import AUGMENTATIONS
 from largebatch.errors import ConfigError, DataError, UserError
 from largebatch.progress import read_metrics
 from largebatch.study.names import READABLE_VARIANT
-from largebatch.study.runs import DamagedRun, find_started_run_dirs, read_epochs, read_run
-from largebatch.study.sweep import Result, analyse
+from largebatch.study.runs import (DamagedRun, find_started_run_dirs, load_results, read_epochs, read_run,
+                                   study_min_top1)
+from largebatch.study.sweep import Result, analyse, failed_below
 
 # plan.statistical reads a run's records through this name; largebatch.progress.read_metrics is
 # the one reader.
@@ -120,15 +122,17 @@ class RunPoint:
 
 
 def study_points(study_dir: Path, target_top1: float, variant: str = "lars", augmentation: str | None = None,
-                 strict: bool = False, warnings: list[str] | None = None) -> list[RunPoint]:
+                 strict: bool = False, warnings: list[str] | None = None,
+                 merge: list[str] | tuple[str, ...] = ()) -> list[RunPoint]:
     """Every run directory of ``variant`` under ``study_dir`` (config.toml and metrics.jsonl; runs
-    still training count once they have reached the target), with its crossing of the target.
-    A damaged run is left out with a line in ``warnings`` (raised with ``strict``)."""
+    still training count once they have reached the target), with its crossing of the target,
+    and the rows of ``merge`` (results.json files) whose runs are not there. A damaged run is left
+    out with a line in ``warnings`` (raised with ``strict``)."""
     study_dir = Path(study_dir)
-    if not study_dir.is_dir():
+    if not study_dir.is_dir() and not merge:
         raise UserError(f"{study_dir}: not a directory (give a study directory, e.g. runs/study_fashion_mnist)")
-    run_dirs = find_started_run_dirs(study_dir)
-    if not run_dirs:
+    run_dirs = find_started_run_dirs(study_dir) if study_dir.is_dir() else []
+    if not run_dirs and not merge:
         raise UserError(f"{study_dir}: no run directories (config.toml with metrics.jsonl) found")
     points, variants = [], set()
     for run_dir in run_dirs:
@@ -168,6 +172,20 @@ def study_points(study_dir: Path, target_top1: float, variant: str = "lars", aug
         elif crossing.upper_bound:
             point.bound, point.bound_steps, point.note = "upper", crossing.steps, crossing.note
         points.append(point)
+    present = {Path(p.run).name for p in points}
+    for source in merge:
+        rows, skipped = load_results(source, strict)
+        if warnings is not None:
+            warnings.extend(skipped)
+        for row in rows:
+            row_variant = row["variant"] or row["optimizer"]
+            variants.add(row_variant)
+            name = Path(row["run"]).name
+            if (row_variant != variant or name in present
+                    or (augmentation is not None and row["augmentation"] != augmentation)):
+                continue
+            present.add(name)
+            points.append(row_point(row, target_top1))
     if not points:
         raise UserError(f"{study_dir}: no runs of variant '{variant}'"
                         + (f" with augmentation '{augmentation}'" if augmentation else "")
@@ -179,10 +197,40 @@ def study_points(study_dir: Path, target_top1: float, variant: str = "lars", aug
     return sorted(points, key=lambda p: (p.batch_size, p.lr_factor, p.seed))
 
 
-def best_factors(points: list[RunPoint]) -> dict[int, float | None]:
+def row_point(row: dict[str, Any], target_top1: float) -> RunPoint:
+    """The point of a results.json row (a complete run done elsewhere): its evaluations are
+    ``top1_by_epoch`` at the steps of ``step_by_epoch``; a row written before that key existed
+    places each evaluation at epoch x steps / epochs (exact when an epoch is a whole number of
+    steps), and the point says so."""
+    batch, diverged = row["batch_size"], row["diverged"]
+    steps_at = dict(map(tuple, row.get("step_by_epoch") or []))
+    per_epoch = row["steps"] / row["epochs"] if row["steps"] and not diverged else None
+    records = [{"epoch": epoch, "top1": top1, "step": steps_at.get(epoch, per_epoch * epoch if per_epoch else None)}
+               for epoch, top1 in row["top1_by_epoch"]]
+    estimated = not steps_at and bool(records)
+    records = [r for r in records if r["step"] is not None]
+    crossing = steps_to_target(records, target_top1)
+    point = RunPoint(run=Path(row["run"]).name, variant=row["variant"] or row["optimizer"], batch_size=batch,
+                     seed=row["seed"], lr_factor=row["lr_factor"], augmentation=row["augmentation"], complete=True,
+                     steps=crossing.steps if crossing else None, examples=crossing.steps * batch if crossing else None,
+                     epoch=crossing.epoch if crossing else None, top1=row["top1"], diverged=diverged)
+    if crossing is None:
+        point.note = "diverged before reaching it" if diverged else "not reached"
+        if not diverged and row["steps"]:
+            point.bound, point.bound_steps = "lower", float(row["steps"])
+            point.note = f"not reached in {row['steps']:,} steps: a lower bound"
+    elif crossing.upper_bound:
+        point.bound, point.bound_steps, point.note = "upper", crossing.steps, crossing.note
+    if estimated and crossing is not None:
+        point.note = (point.note + "; " if point.note else "") + "steps placed at epoch x steps / epochs (merged row)"
+    return point
+
+
+def best_factors(points: list[RunPoint], min_top1: float = 0.0) -> dict[int, float | None]:
     """Each batch size's best LR factor by final top-1 over its complete runs (the ranking of
-    ``largebatch.study.sweep``: diverged runs last); a batch with one factor: that factor, even
-    while its runs train; None when no factor can be chosen yet (or every factor diverged)."""
+    ``largebatch.study.sweep``: diverged runs, and those ending below ``min_top1``, last); a batch
+    with one factor: that factor, even while its runs train; None when no factor can be chosen yet
+    (or every factor failed)."""
     by_batch: dict[int, list[RunPoint]] = {}
     for p in points:
         by_batch.setdefault(p.batch_size, []).append(p)
@@ -193,18 +241,19 @@ def best_factors(points: list[RunPoint]) -> dict[int, float | None]:
             chosen[batch] = factors.pop()
             continue
         results = [Result(p.lr_factor, p.seed, p.top1, p.diverged) for p in mine if p.complete]
-        best = analyse(results).best if results else None
+        best = analyse(failed_below(results, min_top1)).best if results else None
         chosen[batch] = best.lr_factor if best else None
     return chosen
 
 
-def steps_by_batch(points: list[RunPoint], lr_choice: str = "best") -> dict[int, float]:
+def steps_by_batch(points: list[RunPoint], lr_choice: str = "best", min_top1: float = 0.0) -> dict[int, float]:
     """One number of steps per batch size, from measured crossings only, and marks the runs used.
-    ``best``: the runs at the batch's best LR factor (:func:`best_factors`), mean over seeds;
-    ``fastest``: for each seed the factor with the fewest steps, then the mean over seeds."""
+    ``best``: the runs at the batch's best LR factor (:func:`best_factors`, with the study's
+    ``min_top1``), mean over seeds; ``fastest``: for each seed the factor with the fewest steps,
+    then the mean over seeds."""
     if lr_choice not in LR_CHOICES:
         raise ValueError(f"lr_choice must be one of {LR_CHOICES}")
-    chosen = best_factors(points) if lr_choice == "best" else {}
+    chosen = best_factors(points, min_top1) if lr_choice == "best" else {}
     by_batch: dict[int, dict[int, RunPoint]] = {}
     for point in points:
         if not point.measured:
@@ -451,7 +500,7 @@ def format_report(points: list[RunPoint], fit: TradeoffFit | None, target_top1: 
 
 
 def plot_tradeoff(points: list[RunPoint], fit: TradeoffFit, target_top1: float,
-                  noise: NoiseReading | None = None, title: str = "") -> bytes:
+                  noise: NoiseReading | None = None, title: str = "", min_top1: float = 0.0) -> bytes:
     """Steps against examples (log-log): the measured points labelled by batch size, the bounds
     (a run that reached the target at its first evaluation: at most that many steps; a run that
     never reached it: more steps than it ran), the fitted curve, its asymptotes S_min and E_min,
@@ -466,7 +515,7 @@ def plot_tradeoff(points: list[RunPoint], fit: TradeoffFit, target_top1: float,
     fig, ax = plt.subplots(figsize=(7, 5))
     used = [p for p in points if p.measured and p.used]
     other = [p for p in points if p.measured and not p.used]
-    chosen = best_factors(points)
+    chosen = best_factors(points, min_top1)
     upper = [p for p in points if p.bound == "upper" and chosen.get(p.batch_size) in (None, p.lr_factor)]
     lower = [p for p in points if p.bound == "lower" and chosen.get(p.batch_size) in (None, p.lr_factor)]
     batches = [p.batch_size for p in used + upper + lower]
@@ -552,6 +601,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read the noise scale from this run's metrics.jsonl (trained with --noise-scale)")
     parser.add_argument("--out", default="", metavar="DIR",
                         help="where to write critical_batch.png and critical_batch.json (default: STUDY_DIR)")
+    parser.add_argument("--merge", action="append", default=[], metavar="RESULTS_JSON",
+                        help="also count the runs of an earlier report's results.json whose run directories are "
+                             "not in STUDY_DIR (runs done elsewhere); repeatable; a run directory wins over a row")
     parser.add_argument("--strict", action="store_true",
                         help="stop on a damaged run (default: leave it out with a warning)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -573,10 +625,11 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     warnings: list[str] = []
     points = study_points(Path(args.study_dir), args.target_top1, args.variant, args.augmentation,
-                          strict=args.strict, warnings=warnings)
+                          strict=args.strict, warnings=warnings, merge=args.merge)
     for warning in warnings:
         print(f"largebatch: warning: {warning}", file=sys.stderr)
-    by_batch = steps_by_batch(points, args.lr_choice)
+    min_top1 = study_min_top1(Path(args.study_dir))
+    by_batch = steps_by_batch(points, args.lr_choice, min_top1)
     refusal = fit_refusal(points, by_batch)
     if refusal:
         print(format_report(points, None, args.target_top1))
@@ -600,7 +653,7 @@ def run(args: argparse.Namespace) -> int:
     files = {"critical_batch.json": (json.dumps(result, indent=2) + "\n").encode(),
              "critical_batch.png": plot_tradeoff(points, fit, args.target_top1, noise,
                                                  title=f"{args.variant}: steps versus examples to top-1 "
-                                                       f"{args.target_top1:g}")}
+                                                       f"{args.target_top1:g}", min_top1=min_top1)}
     out = Path(args.out or args.study_dir)
     from largebatch.study.outputs import write_outputs
     write_outputs(out, files, Path(args.study_dir))

@@ -32,7 +32,6 @@ import io
 import json
 import math
 import statistics
-import tomllib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from largebatch.errors import UserError
 from largebatch.progress import format_duration
 from largebatch.study import sweep as sweeps
 from largebatch.study.outputs import write_outputs
-from largebatch.study.runs import collect_runs, load_results, merge_results
+from largebatch.study.runs import collect_runs, load_results, merge_results, study_min_top1
 
 Row = dict[str, Any]
 
@@ -519,15 +518,6 @@ class Report:
     rows: list[Row]
     files: dict[str, bytes]
     warnings: list[str]
-
-
-def study_min_top1(directory: Path) -> float:
-    """The ``min_top1`` of the study file a study directory holds (``study.toml``), else 0."""
-    try:
-        value = tomllib.loads((directory / "study.toml").read_text(encoding="utf-8")).get("study", {}).get("min_top1", 0.0)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
-        return 0.0
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1 else 0.0
 
 
 def build_report(directory: str | Path, merge: list[str] | tuple[str, ...] = (), strict: bool = False,

@@ -236,6 +236,8 @@ def result_row(run: RunFiles, root: Path) -> dict[str, Any]:
         "final_train_loss": records[-1].get("train_loss") if records else None,
         # kept in results.json so that a report merged from it (--merge) can still plot epochs
         "top1_by_epoch": [[r["epoch"], r["top1"]] for r in records if r.get("top1") is not None],
+        # the optimizer step of each of those evaluations: critical-batch --merge counts steps to a target
+        "step_by_epoch": [[r["epoch"], r["step"]] for r in records if r.get("top1") is not None],
     }
 
 
@@ -318,11 +320,29 @@ def check_row(path: Path, index: int, row: Any) -> dict[str, Any]:
             for p in epochs):
         raise DamagedRun(f"{where}: top1_by_epoch is not a list of [epoch, top-1] pairs")
     checked["top1_by_epoch"] = epochs
+    steps = row.get("step_by_epoch")
+    if steps is not None and not (
+            isinstance(steps, list) and len(steps) == len(epochs) and all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                             and _finite(v) and v >= 0 for v in p)
+                and p[0] == e[0] for p, e in zip(steps, epochs))):
+        raise DamagedRun(f"{where}: step_by_epoch is not a list of [epoch, step] pairs matching top1_by_epoch")
+    if steps is None:
+        checked.pop("step_by_epoch", None)
     source = row.get("source")
     checked["source"] = source if isinstance(source, str) and _plain_text(source) else None
     if checked["source"] is None:
         checked.pop("source")
     return checked
+
+
+def study_min_top1(directory: Path) -> float:
+    """The ``min_top1`` of the study file a study directory holds (``study.toml``), else 0."""
+    try:
+        value = tomllib.loads((directory / "study.toml").read_text(encoding="utf-8")).get("study", {}).get("min_top1", 0.0)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        return 0.0
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1 else 0.0
 
 
 def load_results(path: str | Path, strict: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
