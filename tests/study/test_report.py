@@ -148,9 +148,9 @@ def test_sweep_section_names_best_factor_spread_and_range(tmp_path, monkeypatch)
     assert "| lars | 4096 | x0.5 - x4 (4) | x4 | x1 | 1 | 91.00 ± 0.40 (n=3) | x1 - x2 | 1 |" in text
     # sgd at 4096: the best is the smallest factor (an edge), its range reaches the end: a lower bound
     assert "| sgd | 4096 | x0.25 - x1 (3) | x1 | x0.25 (edge) | 0.25 | 89.00 (n=1) | x0.25 - x0.25 | ≥ 0 |" in text
-    assert "| sgd | 16384 | x0.5 - x1 (2) | x0.5, x1 | - | - | diverged | - | none (all diverged) |" in text
+    assert "| sgd | 16384 | x0.5 - x1 (2) | x0.5, x1 | - | - | failed at every factor | - | none (all failed) |" in text
     assert "| 4096 | 91.00 ± 0.40 (n=3) | 89.00 (n=1) |" in text
-    assert "| 4096 | 1 | ≥ 0 |" in text and "| 16384 | - | none (all diverged) |" in text
+    assert "| 4096 | 1 | ≥ 0 |" in text and "| 16384 | - | none (all failed) |" in text
     for name in ("sweep_b4096.png", "sweep_b16384.png", "top1_vs_batch.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     cells = {(c["variant"], c["batch_size"]): c for c in json.loads((tmp_path / "sweeps.json").read_text())}

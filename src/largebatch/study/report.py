@@ -121,14 +121,14 @@ def _width(c: CellReport) -> str:
     if not s.swept:
         return "-"
     if s.width_log2 is None:
-        return "none (all diverged)"
+        return "none (all failed)"
     return ("≥ " if s.open_low or s.open_high else "") + f"{s.width_log2:g}"
 
 
 def _best_top1(c: CellReport) -> str:
     s = c.sweep
     if s.best is None:
-        return "diverged"
+        return "failed at every factor"
     text = _points(s.best_mean, s.best_std) + f" (n={len(s.best_top1s)})"
     if s.best_diverged:
         text += f", {s.best_diverged} diverged"
