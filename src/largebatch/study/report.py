@@ -204,7 +204,8 @@ def sweeps_json(cells: dict[Cell, CellReport]) -> list[dict[str, Any]]:
 
 def plot_sweep(cells: dict[Cell, CellReport], batch: int) -> bytes:
     """Top-1 against LR factor (log2 axis) at one batch size: one line per variant (mean over the
-    curve seeds), diverged factors as crosses on the bottom edge, each best factor starred."""
+    curve seeds), failed factors (diverged, or below the study's min_top1) as crosses on the bottom
+    edge, each best factor starred."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     mine = {k: c for k, c in cells.items() if k[2] == batch and c.sweep.swept}
@@ -226,7 +227,7 @@ def plot_sweep(cells: dict[Cell, CellReport], batch: int) -> bytes:
     for text, color, factors in crosses:
         if factors:
             ax.scatter(factors, [bottom] * len(factors), marker="x", s=70, color=color, zorder=5, clip_on=False,
-                       label=f"{text}: diverged")
+                       label=f"{text}: failed")
     ax.set_xscale("log", base=2)
     factors = sorted({p.lr_factor for c in mine.values() for p in c.sweep.points})
     ax.set_xticks(factors)
