@@ -149,29 +149,13 @@ def study_points(study_dir: Path, target_top1: float, variant: str = "lars", aug
         variants.add(run_variant)
         if run_variant != variant or (augmentation is not None and config.data.augmentation != augmentation):
             continue
-        batch = config.run.batch_size
-        crossing = steps_to_target(run.epochs, target_top1)
         complete = summary is not None
-        point = RunPoint(
-            run=str(run_dir.relative_to(study_dir)) if run_dir != study_dir else run_dir.name,
-            variant=run_variant, batch_size=batch, seed=config.run.seed, lr_factor=run.lr_factor,
-            augmentation=config.data.augmentation, complete=complete,
-            steps=crossing.steps if crossing else None,
-            examples=crossing.steps * batch if crossing else None,
-            epoch=crossing.epoch if crossing else None,
-            top1=summary["top1"] if complete else None, diverged=bool(complete and summary["diverged"]))
-        if crossing is None:
-            point.note = "not reached" if complete else "not reached yet (run incomplete)"
-            if point.diverged:
-                point.note = "diverged before reaching it"
-            elif complete:
-                ran = summary["steps"] or max((r["step"] for r in run.epochs), default=0)
-                if ran > 0:
-                    point.bound, point.bound_steps = "lower", float(ran)
-                    point.note = f"not reached in {ran:,} steps: a lower bound"
-        elif crossing.upper_bound:
-            point.bound, point.bound_steps, point.note = "upper", crossing.steps, crossing.note
-        points.append(point)
+        points.append(crossing_point(
+            str(run_dir.relative_to(study_dir)) if run_dir != study_dir else run_dir.name, run_variant,
+            config.run.batch_size, config.run.seed, run.lr_factor, config.data.augmentation, run.epochs, target_top1,
+            complete=complete, top1=summary["top1"] if complete else None,
+            diverged=bool(complete and summary["diverged"]),
+            ran_steps=(summary["steps"] or max((r["step"] for r in run.epochs), default=0)) if complete else 0))
     present = {Path(p.run).name for p in points}
     for source in merge:
         rows, skipped = load_results(source, strict)
@@ -197,31 +181,46 @@ def study_points(study_dir: Path, target_top1: float, variant: str = "lars", aug
     return sorted(points, key=lambda p: (p.batch_size, p.lr_factor, p.seed))
 
 
+def crossing_point(run: str, variant: str, batch_size: int, seed: int, lr_factor: float, augmentation: str,
+                   records: list[dict[str, Any]], target_top1: float, *, complete: bool, top1: float | None,
+                   diverged: bool, ran_steps: float) -> RunPoint:
+    """A run's point: where its evaluated ``records`` first reach ``target_top1``; when they never
+    do, why: diverged, still training, or (complete, ``ran_steps`` > 0) a lower bound; when they
+    reach it at the first evaluation, an upper bound."""
+    crossing = steps_to_target(records, target_top1)
+    point = RunPoint(run=run, variant=variant, batch_size=batch_size, seed=seed, lr_factor=lr_factor,
+                     augmentation=augmentation, complete=complete,
+                     steps=crossing.steps if crossing else None,
+                     examples=crossing.steps * batch_size if crossing else None,
+                     epoch=crossing.epoch if crossing else None, top1=top1, diverged=diverged)
+    if crossing is None:
+        point.note = "not reached" if complete else "not reached yet (run incomplete)"
+        if diverged:
+            point.note = "diverged before reaching it"
+        elif complete and ran_steps > 0:
+            point.bound, point.bound_steps = "lower", float(ran_steps)
+            point.note = f"not reached in {ran_steps:,} steps: a lower bound"
+    elif crossing.upper_bound:
+        point.bound, point.bound_steps, point.note = "upper", crossing.steps, crossing.note
+    return point
+
+
 def row_point(row: dict[str, Any], target_top1: float) -> RunPoint:
     """The point of a results.json row (a complete run done elsewhere): its evaluations are
     ``top1_by_epoch`` at the steps of ``step_by_epoch``; a row written before that key existed
     places each evaluation at epoch x steps / epochs (exact when an epoch is a whole number of
     steps), and the point says so."""
-    batch, diverged = row["batch_size"], row["diverged"]
+    diverged = row["diverged"]
     steps_at = dict(map(tuple, row.get("step_by_epoch") or []))
     per_epoch = row["steps"] / row["epochs"] if row["steps"] and not diverged else None
     records = [{"epoch": epoch, "top1": top1, "step": steps_at.get(epoch, per_epoch * epoch if per_epoch else None)}
                for epoch, top1 in row["top1_by_epoch"]]
     estimated = not steps_at and bool(records)
     records = [r for r in records if r["step"] is not None]
-    crossing = steps_to_target(records, target_top1)
-    point = RunPoint(run=Path(row["run"]).name, variant=row["variant"] or row["optimizer"], batch_size=batch,
-                     seed=row["seed"], lr_factor=row["lr_factor"], augmentation=row["augmentation"], complete=True,
-                     steps=crossing.steps if crossing else None, examples=crossing.steps * batch if crossing else None,
-                     epoch=crossing.epoch if crossing else None, top1=row["top1"], diverged=diverged)
-    if crossing is None:
-        point.note = "diverged before reaching it" if diverged else "not reached"
-        if not diverged and row["steps"]:
-            point.bound, point.bound_steps = "lower", float(row["steps"])
-            point.note = f"not reached in {row['steps']:,} steps: a lower bound"
-    elif crossing.upper_bound:
-        point.bound, point.bound_steps, point.note = "upper", crossing.steps, crossing.note
-    if estimated and crossing is not None:
+    point = crossing_point(Path(row["run"]).name, row["variant"] or row["optimizer"], row["batch_size"], row["seed"],
+                           row["lr_factor"], row["augmentation"], records, target_top1, complete=True,
+                           top1=row["top1"], diverged=diverged, ran_steps=row["steps"])
+    if estimated and point.steps is not None:
         point.note = (point.note + "; " if point.note else "") + "steps placed at epoch x steps / epochs (merged row)"
     return point
 

@@ -213,11 +213,11 @@ class StudyRunner:
         results = []
         for point in points:
             directory = self.study.out / point.name
-            if not (directory / "summary.json").is_file() and point.name in self.merged:
-                row = self.merged[point.name]
-                results.append(Result(point.lr_factor, point.seed, row["top1"], row["diverged"]))
-                continue
             if not (directory / "summary.json").is_file():
+                if point.name in self.merged:  # done elsewhere; a run directory here wins
+                    row = self.merged[point.name]
+                    results.append(Result(point.lr_factor, point.seed, row["top1"], row["diverged"]))
+                    continue
                 if not self.dry_run:
                     self.log(f"{_cell_name(cell)}: waiting for {point.name} (not complete) before deciding more runs")
                 return None
