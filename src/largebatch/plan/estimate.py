@@ -229,9 +229,8 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
-    """Predict iteration, epoch and total time of training ``setup`` with a global batch of
-    ``batch_size`` images on ``processors`` processors (see the module docstring)."""
+def _check_inputs(setup: Setup, batch_size: int, processors: int) -> None:
+    """One-line errors for a plan that cannot be computed."""
     if processors < 1:
         raise ConfigError(f"--processors: expected an integer >= 1, got {processors}")
     if batch_size < processors:
@@ -241,53 +240,33 @@ def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
         raise ConfigError(f"--allreduce: unknown algorithm '{setup.allreduce}' (choose from {', '.join(ALLREDUCE_CHOICES)})")
     if not setup.bucket_bytes > 0:
         raise ConfigError(f"--bucket-mb: expected a number > 0, got {setup.bucket_bytes / 2 ** 20:g}")
-    reference_rate = setup.reference_rate()
-    if not reference_rate > 0:
+    if not setup.reference_rate() > 0:
         raise ConfigError(f"device '{setup.device.name}' has no training rate: give --images-per-second or --efficiency")
-    per_processor = batch_size / processors
-    rate = setup.rate(per_processor)
-    compute = per_processor / rate
 
+
+def _allreduce(setup: Setup, processors: int, compute: float) -> tuple[dict, ar.AllReduceTime, float]:
+    """(every algorithm's time, the chosen one's, the seconds of it not hidden behind the backward
+    pass) for one iteration's gradient all-reduce."""
     links = setup.links()
     message = setup.model.params * setup.gradient_bytes
     times = ar.all_algorithms(message, processors, links)
     chosen = min(times.values(), key=lambda t: t.total_s) if setup.allreduce == "best" else times[setup.allreduce]
-    comm = chosen.total_s
-    if setup.overlap and processors > 1:
-        def bucket_seconds(size: float) -> float:  # each bucket's all-reduce, by the same choice rule
-            bucket_times = ar.all_algorithms(size, processors, links)
-            if setup.allreduce == "best":
-                return min(t.total_s for t in bucket_times.values())
-            return bucket_times[setup.allreduce].total_s
-        exposed = exposed_seconds(message, setup.bucket_bytes, BACKWARD_FRACTION * compute, bucket_seconds)
-    else:
-        exposed = comm
+    if not (setup.overlap and processors > 1):
+        return times, chosen, chosen.total_s
 
-    decoder = setup.input_decoder()
-    input_rate = setup.input_rate(processors)
-    decode = 0.0 if math.isinf(input_rate) else per_processor / input_rate
-    if decoder == "same-cores":
-        iteration = compute + decode + exposed
-        input_bound = decode > max(compute, exposed)
-    else:
-        iteration = max(compute + exposed, decode)
-        input_bound = decode > compute + exposed
-    iterations_per_epoch = setup.images / batch_size
-    epoch = iterations_per_epoch * iteration
-    total = setup.epochs * epoch
-    efficiency = compute / iteration
-    per_node = max(1, min(links.devices_per_node, processors))
-    nodes = -(-processors // per_node)
+    def bucket_seconds(size: float) -> float:  # each bucket's all-reduce, by the same choice rule
+        bucket_times = ar.all_algorithms(size, processors, links)
+        if setup.allreduce == "best":
+            return min(t.total_s for t in bucket_times.values())
+        return bucket_times[setup.allreduce].total_s
+    return times, chosen, exposed_seconds(message, setup.bucket_bytes, BACKWARD_FRACTION * compute, bucket_seconds)
 
-    if input_bound:
-        bound = "input"
-    elif processors == 1 or exposed <= compute:
-        bound = "compute"
-    elif chosen.bandwidth_s >= chosen.latency_s:
-        bound = "bandwidth"
-    else:
-        bound = "latency"
-    megabytes = message / 1e6
+
+def _explain(setup: Setup, bound: str, processors: int, per_processor: float, per_node: int, rate: float,
+             compute: float, exposed: float, decode: float, decoder: str, chosen: ar.AllReduceTime,
+             efficiency: float) -> str:
+    """One sentence: what bounds the iteration and what would help."""
+    megabytes = setup.model.params * setup.gradient_bytes / 1e6
     decode_text = ""
     if decode and decoder == "same-cores":
         decode_text = f"; decoding its images on the same cores adds {duration(decode)}"
@@ -296,30 +275,32 @@ def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
     if bound == "input":
         cores = setup.input_cores()
         where = "on the cores that also train" if decoder == "same-cores" else f"on the node's {cores} cores"
-        explanation = (f"input-bound: decoding and augmenting {per_processor:g} images takes {duration(decode)} "
-                       f"{where} ({setup.input_decode_rate():,.0f} images/s per core, {per_node} processor"
-                       f"{'s' if per_node > 1 else ''} per node) against {duration(compute)} of compute; more "
-                       f"cores per processor, a GPU decoder, smaller stored images or a faster decoder would help")
-    elif processors == 1:
-        explanation = (f"compute-bound: one processor, no communication; {per_processor:g} images "
-                       f"per iteration at {rate:,.0f} images/s{decode_text}")
-    elif bound == "compute":
+        return (f"input-bound: decoding and augmenting {per_processor:g} images takes {duration(decode)} "
+                f"{where} ({setup.input_decode_rate():,.0f} images/s per core, {per_node} processor"
+                f"{'s' if per_node > 1 else ''} per node) against {duration(compute)} of compute; more "
+                f"cores per processor, a GPU decoder, smaller stored images or a faster decoder would help")
+    if processors == 1:
+        return (f"compute-bound: one processor, no communication; {per_processor:g} images "
+                f"per iteration at {rate:,.0f} images/s{decode_text}")
+    if bound == "compute":
         hidden_text = " after overlap with the backward pass" if setup.overlap else ""
-        explanation = (f"compute-bound: each processor computes {per_processor:g} images in {duration(compute)}; "
-                       f"the {chosen.algorithm} all-reduce of {megabytes:.1f} MB adds {duration(exposed)}"
-                       f"{hidden_text}{decode_text}, so {efficiency:.0%} of the time is computing")
-    elif bound == "bandwidth":
-        explanation = (f"communication-bound (bandwidth): the {chosen.algorithm} all-reduce of {megabytes:.1f} MB "
-                       f"takes {duration(comm)} ({duration(chosen.bandwidth_s)} moving bytes) against "
-                       f"{duration(compute)} of compute for {per_processor:g} images per processor; a larger "
-                       f"per-processor batch, 16-bit gradients{'' if setup.overlap else ', --overlap'} "
-                       f"or a faster network would help")
-    else:
-        explanation = (f"communication-bound (latency): the {chosen.algorithm} all-reduce spends "
-                       f"{duration(chosen.latency_s)} in message latency over {processors:,} processors "
-                       f"against {duration(compute)} of compute; a hierarchical or tree all-reduce, "
-                       f"or fewer, busier processors would help")
+        return (f"compute-bound: each processor computes {per_processor:g} images in {duration(compute)}; "
+                f"the {chosen.algorithm} all-reduce of {megabytes:.1f} MB adds {duration(exposed)}"
+                f"{hidden_text}{decode_text}, so {efficiency:.0%} of the time is computing")
+    if bound == "bandwidth":
+        return (f"communication-bound (bandwidth): the {chosen.algorithm} all-reduce of {megabytes:.1f} MB "
+                f"takes {duration(chosen.total_s)} ({duration(chosen.bandwidth_s)} moving bytes) against "
+                f"{duration(compute)} of compute for {per_processor:g} images per processor; a larger "
+                f"per-processor batch, 16-bit gradients{'' if setup.overlap else ', --overlap'} "
+                f"or a faster network would help")
+    return (f"communication-bound (latency): the {chosen.algorithm} all-reduce spends "
+            f"{duration(chosen.latency_s)} in message latency over {processors:,} processors "
+            f"against {duration(compute)} of compute; a hierarchical or tree all-reduce, "
+            f"or fewer, busier processors would help")
 
+
+def _notes(setup: Setup, batch_size: int, processors: int, per_processor: float) -> list[str]:
+    """Caveats on the prediction: rates read outside what the device file measured, uneven splits."""
     notes = []
     device = setup.device
     reference_batch = device.reference_batch
@@ -338,16 +319,53 @@ def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
     if batch_size % processors:
         notes.append(f"the batch of {batch_size} does not divide evenly over {processors} processors; "
                      f"the model uses the average, {per_processor:.2f} images each")
+    return notes
+
+
+def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
+    """Predict iteration, epoch and total time of training ``setup`` with a global batch of
+    ``batch_size`` images on ``processors`` processors (see the module docstring)."""
+    _check_inputs(setup, batch_size, processors)
+    per_processor = batch_size / processors
+    rate = setup.rate(per_processor)
+    compute = per_processor / rate
+    times, chosen, exposed = _allreduce(setup, processors, compute)
+
+    decoder = setup.input_decoder()
+    input_rate = setup.input_rate(processors)
+    decode = 0.0 if math.isinf(input_rate) else per_processor / input_rate
+    if decoder == "same-cores":
+        iteration = compute + decode + exposed
+        input_bound = decode > max(compute, exposed)
+    else:
+        iteration = max(compute + exposed, decode)
+        input_bound = decode > compute + exposed
+    iterations_per_epoch = setup.images / batch_size
+    epoch = iterations_per_epoch * iteration
+    efficiency = compute / iteration
+    per_node = max(1, min(setup.links().devices_per_node, processors))
+
+    if input_bound:
+        bound = "input"
+    elif processors == 1 or exposed <= compute:
+        bound = "compute"
+    elif chosen.bandwidth_s >= chosen.latency_s:
+        bound = "bandwidth"
+    else:
+        bound = "latency"
+    explanation = _explain(setup, bound, processors, per_processor, per_node, rate, compute, exposed, decode,
+                           decoder, chosen, efficiency)
 
     return Plan(
-        model=setup.model.name, device=device.name, network=setup.network.name,
-        processors=processors, nodes=nodes, batch_size=batch_size, per_processor_batch=per_processor,
-        epochs=setup.epochs, images=setup.images, iterations=setup.epochs * iterations_per_epoch,
-        images_per_second=rate, reference_images_per_second=reference_rate,
-        reference_batch=reference_batch, curve_source=setup.curve_source(),
-        gradient_bytes=message, allreduce=chosen.algorithm,
-        allreduce_s={name: t.total_s for name, t in times.items()}, overlap=setup.overlap,
-        compute_s_per_iter=compute, comm_s_per_iter=comm, exposed_comm_s_per_iter=exposed,
-        decoder=decoder, input_images_per_second=input_rate, input_s_per_iter=decode,
-        iter_s=iteration, epoch_s=epoch, total_s=total, efficiency=efficiency,
-        bound=bound, explanation=explanation, notes=notes)
+        model=setup.model.name, device=setup.device.name, network=setup.network.name,
+        processors=processors, nodes=-(-processors // per_node), batch_size=batch_size,
+        per_processor_batch=per_processor, epochs=setup.epochs, images=setup.images,
+        iterations=setup.epochs * iterations_per_epoch, images_per_second=rate,
+        reference_images_per_second=setup.reference_rate(), reference_batch=setup.device.reference_batch,
+        curve_source=setup.curve_source(), gradient_bytes=setup.model.params * setup.gradient_bytes,
+        allreduce=chosen.algorithm, allreduce_s={name: t.total_s for name, t in times.items()},
+        overlap=setup.overlap, compute_s_per_iter=compute, comm_s_per_iter=chosen.total_s,
+        exposed_comm_s_per_iter=exposed, decoder=decoder, input_images_per_second=input_rate,
+        input_s_per_iter=decode, iter_s=iteration, epoch_s=epoch, total_s=setup.epochs * epoch,
+        efficiency=efficiency, bound=bound, explanation=explanation,
+        notes=_notes(setup, batch_size, processors, per_processor))
