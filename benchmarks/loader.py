@@ -20,14 +20,16 @@ All three draw their crop boxes with the same algorithm from the stored image si
 
 ``--suite tiers`` measures storage formats instead, on a generated corpus of ImageNet-sized JPEGs
 (``--corpus`` images of 500x375, ~107 KB) prepared by ``largebatch prepare`` into the tiers
-originals, max512-q90 and short256-q90: the same training pipeline (decode, random-resized
+originals, max512-q90, short256-q90 and short256-q75: the same training pipeline (decode, random-resized
 crop to SIZE, flip, uint8 batch), each image once per round, from
 
 - ``folder, originals``: the JPEG files (the baseline of this suite);
 - ``shards, originals``: the same bytes read by index from tar shards (pread + CRC-32);
 - ``shards, originals, bytes in memory``: the same without the reads, i.e. decode alone; its
   ratio to the line above is what the shard reader costs;
-- ``shards, max512-q90`` and ``shards, short256-q90``: the re-encoded tiers.
+- ``shards, max512-q90``, ``shards, short256-q90`` and ``shards, short256-q75``: the re-encoded
+  tiers (quality 90 is FFCV's setting; 75 is libjpeg's and Pillow's default: fewer non-zero
+  coefficients, so less entropy decoding, the part of a decode that no reduction skips).
 
     PYTHONPATH=src python benchmarks/loader.py --suite tiers --json benchmarks/results/loader-tiers.json
 """
@@ -54,6 +56,7 @@ from largebatch.data.transforms import image_rng, random_resized_crop_box, train
 
 
 BASELINE = "baseline (torchvision-equivalent)"
+LOW_QUALITY = 75  # the tiers suite's second re-encoding quality (libjpeg's default)
 
 
 def natural_image(width: int, height: int, seed: int) -> Image.Image:
@@ -185,6 +188,8 @@ def measure_tiers(folder: Path, count: int, size: int, batch: int, repeats: int)
     written = time.perf_counter()
     tiers = parse_tiers("originals,max512,short256", quality=90)
     manifests = prepare(source, folder / "prepared", tiers, images_per_shard=512, stream=io.StringIO())
+    manifests.update(prepare(source, folder / "prepared", parse_tiers("short256", quality=LOW_QUALITY),
+                             images_per_shard=512, stream=io.StringIO()))
     prepared = time.perf_counter()
     transform = train_transform("extended", size, color_jitter=0.0, lighting=0.0, fast=True)
     listing = imagenet.list_split(source, "train", use_cache=False)
@@ -195,6 +200,8 @@ def measure_tiers(folder: Path, count: int, size: int, batch: int, repeats: int)
         "shards, originals, bytes in memory (decode alone)": BytesInMemory(originals),
         "shards, max512-q90": ShardDataset(folder / "prepared" / "max512-q90", "train", transform),
         "shards, short256-q90": ShardDataset(folder / "prepared" / "short256-q90", "train", transform),
+        f"shards, short256-q{LOW_QUALITY}": ShardDataset(folder / "prepared" / f"short256-q{LOW_QUALITY}", "train",
+                                                       transform),
     }
     # Interleaved batch by batch (the pipelines take turns on each batch of the same images, in a
     # rotating order), so that a slow spell of the shared machine lands on all of them alike.
