@@ -31,6 +31,9 @@ crop to SIZE, flip, uint8 batch), each image once per round, from
   tiers (quality 90 is FFCV's setting; 75 is libjpeg's and Pillow's default: fewer non-zero
   coefficients, so less entropy decoding, the part of a decode that no reduction skips).
 
+It also profiles the pipeline step by step (open, decode, resize, flip, copy out) for the
+originals and the short256 tiers: where a tier's gain comes from and where it stops.
+
     PYTHONPATH=src python benchmarks/loader.py --suite tiers --json benchmarks/results/loader-tiers.json
 """
 
@@ -178,6 +181,37 @@ class BytesInMemory:
         return held
 
 
+STAGES = ("open", "decode", "resize", "flip", "copy out")
+
+
+def stage_times(dataset, transform, size: int) -> dict[str, float]:
+    """Microseconds per image of each step of the pipeline, over the data set's bytes held in
+    memory: ``Image.open`` (header), full decode, the one box resize to ``size``, flip, and the
+    copy to a numpy array. A profile: the steps are timed one by one with the plain (full)
+    decode, so they add up to a little more than the pipeline's own time."""
+    held = [dataset.read_bytes(i) for i in range(len(dataset))]
+    totals = dict.fromkeys(STAGES, 0.0)
+    for position, data in enumerate(held):
+        marks = [time.process_time()]
+        image = Image.open(io.BytesIO(data))
+        marks.append(time.process_time())
+        params = transform.sample(image.width, image.height, image_rng(0, position), size)
+        marks.append(time.process_time())
+        image.load()
+        marks.append(time.process_time())
+        out = image.resize((size, size), Image.Resampling.BILINEAR, box=params.box)
+        marks.append(time.process_time())
+        if params.flip:
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        marks.append(time.process_time())
+        np.asarray(out)
+        marks.append(time.process_time())
+        steps = [marks[1] - marks[0]] + [marks[k + 1] - marks[k] for k in range(2, 6)]  # skips sample()
+        for stage, seconds in zip(STAGES, steps):
+            totals[stage] += seconds
+    return {stage: round(1e6 * seconds / len(held), 1) for stage, seconds in totals.items()}
+
+
 def measure_tiers(folder: Path, count: int, size: int, batch: int, repeats: int) -> dict:
     from largebatch.data import imagenet
     from largebatch.data.prepare import parse_tiers, prepare
@@ -219,6 +253,8 @@ def measure_tiers(folder: Path, count: int, size: int, batch: int, repeats: int)
         if repeat:
             for name in names:
                 rates[name].append(count / seconds[name])
+    stages = {name: stage_times(datasets[name], transform, size)
+              for name in ("shards, originals", "shards, short256-q90", f"shards, short256-q{LOW_QUALITY}")}
     base = statistics.median(rates["folder, originals"])
     results = {}
     for name, runs in rates.items():
@@ -232,7 +268,7 @@ def measure_tiers(folder: Path, count: int, size: int, batch: int, repeats: int)
     alone = statistics.median(rates["shards, originals, bytes in memory (decode alone)"])
     per_round = [a / s for a, s in zip(rates["shards, originals, bytes in memory (decode alone)"],
                                        rates["shards, originals"])]
-    return {"images": count, "size": size, "pipelines": results,
+    return {"images": count, "size": size, "pipelines": results, "stage_us": stages,
             "shard_reader_overhead": round(alone / shard - 1, 4),
             "shard_reader_overhead_runs": [round(x - 1, 4) for x in per_round],
             "corpus_seconds": round(written - started, 1), "prepare_seconds": round(prepared - written, 1)}
@@ -248,6 +284,11 @@ def main_tiers(args: argparse.Namespace, folder: Path, machine: str) -> None:
     for name, p in result["pipelines"].items():
         kb = f"{p['stored_kb_per_image']:.1f}" if p["stored_kb_per_image"] else ""
         print(f"| {name} | {kb} | {p['images_per_cpu_s']:.0f} | {p['ratio']:.2f}x |")
+    print("\nper image, microseconds of CPU, step by step (full decode):\n")
+    print("| source | " + " | ".join(STAGES) + " |")
+    print("|---|" + "---:|" * len(STAGES))
+    for name, stages in result["stage_us"].items():
+        print(f"| {name} | " + " | ".join(f"{stages[stage]:.0f}" for stage in STAGES) + " |")
     print(f"\nshard reader (pread + CRC-32) over decode alone: {100 * result['shard_reader_overhead']:+.1f}% "
           f"(per round: {', '.join(f'{100 * x:+.1f}%' for x in result['shard_reader_overhead_runs'])})")
     print(f"\n{machine}")
