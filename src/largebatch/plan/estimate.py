@@ -240,15 +240,12 @@ def _check_inputs(setup: Setup, batch_size: int, processors: int) -> None:
         raise ConfigError(f"--allreduce: unknown algorithm '{setup.allreduce}' (choose from {', '.join(ALLREDUCE_CHOICES)})")
     if not setup.bucket_bytes > 0:
         raise ConfigError(f"--bucket-mb: expected a number > 0, got {setup.bucket_bytes / 2 ** 20:g}")
-    if not setup.reference_rate() > 0:
-        raise ConfigError(f"device '{setup.device.name}' has no training rate: give --images-per-second or --efficiency")
 
 
-def _allreduce(setup: Setup, processors: int, compute: float) -> tuple[dict, ar.AllReduceTime, float]:
+def _allreduce(setup: Setup, processors: int, compute: float, links: ar.Links,
+               message: float) -> tuple[dict, ar.AllReduceTime, float]:
     """(every algorithm's time, the chosen one's, the seconds of it not hidden behind the backward
-    pass) for one iteration's gradient all-reduce."""
-    links = setup.links()
-    message = setup.model.params * setup.gradient_bytes
+    pass) for one iteration's gradient all-reduce of ``message`` bytes."""
     times = ar.all_algorithms(message, processors, links)
     chosen = min(times.values(), key=lambda t: t.total_s) if setup.allreduce == "best" else times[setup.allreduce]
     if not (setup.overlap and processors > 1):
@@ -266,7 +263,7 @@ def _explain(setup: Setup, bound: str, processors: int, per_processor: float, pe
              compute: float, exposed: float, decode: float, decoder: str, chosen: ar.AllReduceTime,
              efficiency: float) -> str:
     """One sentence: what bounds the iteration and what would help."""
-    megabytes = setup.model.params * setup.gradient_bytes / 1e6
+    megabytes = setup.gradient_megabytes()
     decode_text = ""
     if decode and decoder == "same-cores":
         decode_text = f"; decoding its images on the same cores adds {duration(decode)}"
@@ -326,10 +323,15 @@ def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
     """Predict iteration, epoch and total time of training ``setup`` with a global batch of
     ``batch_size`` images on ``processors`` processors (see the module docstring)."""
     _check_inputs(setup, batch_size, processors)
+    reference_rate = setup.reference_rate()
+    if not reference_rate > 0:
+        raise ConfigError(f"device '{setup.device.name}' has no training rate: give --images-per-second or --efficiency")
     per_processor = batch_size / processors
     rate = setup.rate(per_processor)
     compute = per_processor / rate
-    times, chosen, exposed = _allreduce(setup, processors, compute)
+    links = setup.links()
+    message = setup.model.params * setup.gradient_bytes
+    times, chosen, exposed = _allreduce(setup, processors, compute, links, message)
 
     decoder = setup.input_decoder()
     input_rate = setup.input_rate(processors)
@@ -343,7 +345,7 @@ def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
     iterations_per_epoch = setup.images / batch_size
     epoch = iterations_per_epoch * iteration
     efficiency = compute / iteration
-    per_node = max(1, min(setup.links().devices_per_node, processors))
+    per_node = max(1, min(links.devices_per_node, processors))
 
     if input_bound:
         bound = "input"
@@ -361,8 +363,8 @@ def plan_time(setup: Setup, batch_size: int, processors: int) -> Plan:
         processors=processors, nodes=-(-processors // per_node), batch_size=batch_size,
         per_processor_batch=per_processor, epochs=setup.epochs, images=setup.images,
         iterations=setup.epochs * iterations_per_epoch, images_per_second=rate,
-        reference_images_per_second=setup.reference_rate(), reference_batch=setup.device.reference_batch,
-        curve_source=setup.curve_source(), gradient_bytes=setup.model.params * setup.gradient_bytes,
+        reference_images_per_second=reference_rate, reference_batch=setup.device.reference_batch,
+        curve_source=setup.curve_source(), gradient_bytes=message,
         allreduce=chosen.algorithm, allreduce_s={name: t.total_s for name, t in times.items()},
         overlap=setup.overlap, compute_s_per_iter=compute, comm_s_per_iter=chosen.total_s,
         exposed_comm_s_per_iter=exposed, decoder=decoder, input_images_per_second=input_rate,
